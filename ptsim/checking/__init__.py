@@ -1,0 +1,1 @@
+"""Checking the kernel: the invariant checker and the independent oracle model."""

@@ -1,0 +1,239 @@
+"""The kernel's state and the primitives every kernel function builds on.
+
+`Kernel` owns the hardware (physical memory, MMU, TLB), `mem_map`, the tasks and their mms,
+the fork policy and the tracer. The mm algorithms live beside it as functions that take the
+kernel first, as Linux's take an mm: `memory.py` (faults, zap, mprotect), `fork.py` (the
+policies and copy_page_range), `syscalls.py` (the entry points and their argument checks).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OutOfMemory
+from ..hardware import MMU, TLB, Arch, PhysicalMemory
+from ..hardware.arch import PFN_SHIFT, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_TABLE
+from .mm import MM
+from .page import PG_PGTABLE, ZERO_PFN, MemMap
+from .trace import Tracer
+
+MAPPED = _PAGE_PRESENT | _PAGE_PROTNONE  # an entry that maps a page (Linux's pte_present)
+
+
+@dataclass(eq=False)
+class Task:
+    pid: int
+    mm: MM | None
+    minflt: int = 0  # as getrusage(2) counts: every fault the kernel resolved without I/O
+
+    @property
+    def exited(self) -> bool:
+        return self.mm is None
+
+
+class Kernel:
+    def __init__(self, arch: Arch, ram: int, policy):
+        self.arch = arch
+        self.phys = PhysicalMemory(arch, ram)
+        self.mem_map = MemMap(self.phys)
+        self.tlb = TLB()
+        self.mmu = MMU(self.phys, self.tlb)
+        self.policy = policy
+        self.tracer = Tracer()
+        self.tasks: dict[int, Task] = {}
+        self.mms: dict[int, MM] = {}  # by pcid
+        self._next_pid = self._next_pcid = self._next_shmem = 1
+        # Experiments only: TLB flush sites (named by the kernel function) to leave out, to see
+        # what a missing flush lets a process do. The checker reports the stale entries.
+        self.skip_tlb_flush: set[str] = set()
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def entry(self, table: int, index: int) -> int:
+        return int(self.phys.tables[table, index])
+
+    def set_entry(self, table: int, index: int, value: int) -> None:
+        self.phys.tables[table, index] = value
+
+    def entry_pfn(self, entry: int) -> int:
+        return (int(entry) & self.arch.pfn_mask) >> PFN_SHIFT
+
+    def pfns_of(self, entries: np.ndarray) -> np.ndarray:
+        return ((entries & self.arch.dtype.type(self.arch.pfn_mask)) >> PFN_SHIFT).astype(np.int64)
+
+    def mapped_pages(self, entries: np.ndarray) -> np.ndarray:
+        """Pfns of the counted pages that `entries` map: every mapped entry but the zero page."""
+        pfns = self.pfns_of(entries[(entries & MAPPED) != 0])
+        return pfns[pfns != ZERO_PFN]
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def alloc_table(self, mm: MM, level: int, addr: int, func: str) -> int:
+        pfn = self.mem_map.alloc_one(PG_PGTABLE)
+        mm.pgtables_bytes += self.arch.page_size
+        self.tracer.count("tables_allocated")
+        self.tracer.emit(func, "alloc_table", pid=mm.owner, addr=addr, level=level, table=pfn)
+        return pfn
+
+    def pmd_slot(self, mm: MM, addr: int, alloc: bool = False, func: str = "") -> tuple[int, int] | None:
+        """The (table, index) of the entry that points at `addr`'s last-level table.
+
+        Missing upper tables are allocated when `alloc` (pud_alloc, pmd_alloc), else None is
+        returned. Policies here share last-level tables only, so an upper table is never
+        shared and installing a table below it never needs an unshare first (ANCHORS rule 19).
+        """
+        arch, table = self.arch, mm.pgd
+        for level in range(arch.levels - 2):
+            index = arch.index(level, addr)
+            entry = self.entry(table, index)
+            if not entry & _PAGE_PRESENT:
+                if not alloc:
+                    return None
+                new = self.alloc_table(mm, level + 1, addr, func)
+                self.set_entry(table, index, arch.mk_entry(new, _PAGE_TABLE))
+                entry = self.entry(table, index)
+            table = self.entry_pfn(entry)
+        return table, arch.index(arch.levels - 2, addr)
+
+    def slot_table(self, slot: tuple[int, int] | None) -> int | None:
+        """The last-level table an upper entry points at, or None."""
+        if slot is None:
+            return None
+        entry = self.entry(*slot)
+        return self.entry_pfn(entry) if entry & _PAGE_PRESENT else None
+
+    def pte_alloc(self, mm: MM, slot: tuple[int, int], addr: int, func: str) -> int:
+        table = self.alloc_table(mm, self.arch.levels - 1, addr, func)
+        self.set_entry(*slot, self.arch.mk_entry(table, _PAGE_TABLE))
+        return table
+
+    def leaf_slots(self, mm: MM, start: int, end: int):
+        """Yield (pmd table, first index, last index + 1, base) for each run of upper entries
+        that point at last-level tables covering [start, end), present or not, walking only
+        existing upper tables. Entry i of the run maps from `base + i * arch.pte_span`."""
+        arch = self.arch
+
+        def walk(table: int, level: int, base: int):
+            lo = max(start, base)
+            hi = min(end, base + arch.span(level))
+            first, last = arch.index(level, lo), arch.index(level, hi - 1)
+            if level == arch.levels - 2:
+                yield table, first, last + 1, base
+                return
+            for index in range(first, last + 1):
+                entry = self.entry(table, index)
+                if entry & _PAGE_PRESENT:
+                    yield from walk(self.entry_pfn(entry), level + 1, base + (index << arch.shift(level)))
+
+        if start < end:
+            yield from walk(mm.pgd, 0, 0)
+
+    def follow_pte(self, mm: MM, addr: int) -> int:
+        """The entry mapping `addr`, read without side effects (0 if there is none)."""
+        table = self.slot_table(self.pmd_slot(mm, addr))
+        return 0 if table is None else self.entry(table, self.arch.index(self.arch.levels - 1, addr))
+
+    # -- the TLB ---------------------------------------------------------------------------
+
+    def flush_tlb_range(self, mm: MM, start: int, end: int, site: str) -> None:
+        if site in self.skip_tlb_flush:
+            self.tracer.emit(site, "skip_tlb_flush", pid=mm.owner, addr=start)
+            return
+        shift = self.arch.page_shift
+        self.tlb.flush_range(mm.pcid, start >> shift, (end + (1 << shift) - 1) >> shift)
+        self.tracer.count("tlb_flushes")
+        self.tracer.emit(site, "flush_tlb", pid=mm.owner, addr=start, count=(end - start) >> shift)
+
+    def flush_tlb_mm(self, mm: MM, site: str) -> None:
+        if site in self.skip_tlb_flush:
+            self.tracer.emit(site, "skip_tlb_flush", pid=mm.owner)
+            return
+        self.tlb.flush_pcid(mm.pcid)
+        self.tracer.count("tlb_flushes")
+        self.tracer.emit(site, "flush_tlb", pid=mm.owner)
+
+    # -- tasks and mms ---------------------------------------------------------------------
+
+    def mm_alloc(self, owner: int) -> MM:
+        pgd = self.mem_map.alloc_one(PG_PGTABLE)
+        mm = MM(pgd=pgd, pcid=self._next_pcid, owner=owner)
+        self._next_pcid += 1
+        self.mms[mm.pcid] = mm
+        return mm
+
+    def new_pid(self) -> int:
+        pid, self._next_pid = self._next_pid, self._next_pid + 1
+        return pid
+
+    # -- all or nothing ----------------------------------------------------------------------
+
+    def tables_spanned(self, start: int, end: int) -> int:
+        """How many tables below the root a range can need, at most, level by level."""
+        arch = self.arch
+        return sum(((end - 1) // arch.span(level)) - (start // arch.span(level)) + 1 for level in range(1, arch.levels))
+
+    @contextmanager
+    def transaction(self, mm: MM, start: int, end: int, frames_bound: int):
+        """Run a kernel operation on `mm` in [start, end) all or nothing.
+
+        `frames_bound` is the most frames the operation can allocate. With that many free it
+        cannot run out and runs as is; otherwise the state it can touch is saved first, and
+        an OutOfMemory puts it all back before it propagates: frame metadata, the tables of
+        `mm` in the range, its counters, VMAs and shmem page caches, the counters and trace.
+        The TLB entries of `mm` are flushed, which only costs the next accesses a walk.
+        """
+        if self.mem_map.nr_free >= frames_bound:
+            yield
+            return
+        saved = self._save(mm, start, end)
+        try:
+            yield
+        except OutOfMemory:
+            self._restore(mm, saved)
+            raise
+
+    def _save(self, mm: MM, start: int, end: int):
+        rows = {}
+        for table, first, last, _ in self.leaf_slots(mm, start, end):
+            rows[table] = self.phys.tables[table].copy()
+            entries = self.phys.tables[table, first:last]
+            for leaf in self.pfns_of(entries[(entries & _PAGE_PRESENT) != 0]):
+                rows[int(leaf)] = self.phys.tables[leaf].copy()
+        table = mm.pgd
+        rows[table] = self.phys.tables[table].copy()
+        for level in range(self.arch.levels - 2):  # upper tables on the way to `start`
+            entry = self.entry(table, self.arch.index(level, start))
+            if not entry & _PAGE_PRESENT:
+                break
+            table = self.entry_pfn(entry)
+            rows[table] = self.phys.tables[table].copy()
+        shmems = {id(v.shmem): v.shmem for t in self.tasks.values() if t.mm for v in t.mm.vmas if v.shmem}
+        return dict(
+            mem_map=self.mem_map.snapshot(),
+            rows=rows,
+            mm=(mm.rss, mm.pgtables_bytes, [copy.copy(v) for v in mm.vmas]),
+            shmem=[(s, dict(s.pages), s.nr_vmas) for s in shmems.values()],
+            tasks=[(t, t.minflt) for t in self.tasks.values()],
+            counters=self.tracer.counters.copy(),
+            events=None if self.tracer.events is None else len(self.tracer.events),
+            next=(self._next_pcid, self._next_shmem, dict(self.mms)),
+        )
+
+    def _restore(self, mm: MM, saved) -> None:
+        self.mem_map.restore(saved["mem_map"])
+        for table, row in saved["rows"].items():
+            self.phys.tables[table] = row
+        mm.rss, mm.pgtables_bytes, mm.vmas = saved["mm"]
+        for shmem, pages, nr_vmas in saved["shmem"]:
+            shmem.pages, shmem.nr_vmas = pages, nr_vmas
+        for task, minflt in saved["tasks"]:
+            task.minflt = minflt
+        self.tracer.counters = saved["counters"]
+        if saved["events"] is not None:
+            del self.tracer.events[saved["events"] :]
+        self._next_pcid, self._next_shmem, self.mms = saved["next"]
+        self.tlb.flush_pcid(mm.pcid)

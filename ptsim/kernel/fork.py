@@ -1,0 +1,218 @@
+"""fork: dup_mmap, copy_page_range, and the fork policies.
+
+`CopyPolicy` is classic fork: every last-level table is copied entry by entry, and private
+writable entries are write-protected in parent and child for copy-on-write.
+
+`SharedPolicy` is Daniel Phillips' 2002 design, and overrides exactly his three changes:
+
+1. `copy_pte_tables` (in copy_page_range): point the child's upper entry at the parent's table
+   and raise its use count. When a count goes 1 -> 2, write-protect the table's private
+   writable entries once: from then on nobody can write a data page through it.
+2. `zap_pte_table` (in zap_page_range): a shared table the zap covers whole only loses a use
+   count; a shared table covered in part is unshared first.
+3. `prepare_pte_write` (in handle_mm_fault, and before any other change to an entry): a
+   shared table is unshared: copy it, entries and all, into a table of this mm's own, then
+   drop one use count of the old. The last sharer, count 1, keeps the table as it is.
+
+A policy that write-protects a shared table through its upper entry instead (McCracken 2002,
+ODF 2021) would override `wrprotect_for_sharing` and the RW bit given to upper entries in
+`share_tables` and `unshare`: the rest stands as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..hardware.arch import PFN_SHIFT, _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, _PAGE_TABLE
+from .core import MAPPED, Kernel
+from .memory import MMUGather, zap_pte_range
+from .mm import MM, VMA
+from .page import PG_PGTABLE
+
+
+def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
+    """The child's mm: a copy of every VMA, and page tables as the policy makes them."""
+    frames_bound = 1 + parent.pgtables_bytes // k.arch.page_size  # never more tables than the parent's
+    with k.transaction(parent, 0, k.arch.task_size, frames_bound):
+        child = k.mm_alloc(pid)
+        for vma in parent.vmas:
+            twin = copy.copy(vma)
+            if vma.shmem is not None:
+                vma.shmem.nr_vmas += 1
+            child.vmas.append(twin)
+            if k.policy.vma_needs_copy(vma):
+                copy_page_range(k, child, parent, vma)
+        k.flush_tlb_mm(parent, "dup_mmap")  # the parent's entries may have been write-protected
+    return child
+
+
+def copy_page_range(k: Kernel, dst: MM, src: MM, vma: VMA) -> None:
+    """Give `dst` the translations `src` has in `vma`, table by last-level table."""
+    span = k.arch.pte_span
+    for src_pmd, first, last, pmd_base in list(k.leaf_slots(src, vma.start, vma.end)):
+        present = np.flatnonzero(k.phys.tables[src_pmd, first:last] & _PAGE_PRESENT) + first
+        if len(present) == 0:
+            continue
+        dst_pmd, _ = k.pmd_slot(dst, pmd_base + int(present[0]) * span, alloc=True, func="copy_page_range")
+        k.policy.copy_pte_tables(k, dst, src, vma, dst_pmd, src_pmd, present, pmd_base)
+
+
+def entry_range(k: Kernel, vma: VMA, base: int) -> tuple[int, int]:
+    """Entries [a, b) of the table mapping from `base` that lie inside `vma`."""
+    shift, span = k.arch.page_shift, k.arch.pte_span
+    return (max(vma.start, base) - base) >> shift, (min(vma.end, base + span) - base) >> shift
+
+
+class CopyPolicy:
+    name = "copy"
+
+    def vma_needs_copy(self, vma: VMA) -> bool:
+        # Linux copies no entries for a VMA without anonymous pages: MAP_SHARED pages and the
+        # zero page can be faulted in again by the child.
+        return vma.anon_vma
+
+    def copy_pte_tables(self, k, dst: MM, src: MM, vma: VMA, dst_pmd: int, src_pmd: int, indexes, pmd_base: int):
+        tables, page_size = k.phys.tables, k.arch.page_size
+        missing = indexes[(tables[dst_pmd, indexes] & _PAGE_PRESENT) == 0]
+        if len(missing):  # a table holding two VMAs is already there for the second
+            new = k.mem_map.alloc(len(missing), PG_PGTABLE)
+            tables[dst_pmd, missing] = (new.astype(tables.dtype) << PFN_SHIFT) | _PAGE_TABLE
+            dst.pgtables_bytes += len(missing) * page_size
+            k.tracer.count("tables_allocated", len(missing))
+        src_tables = k.pfns_of(tables[src_pmd, indexes])
+        dst_tables = k.pfns_of(tables[dst_pmd, indexes])
+        bases = pmd_base + indexes * k.arch.pte_span
+        whole = (bases >= vma.start) & (bases + k.arch.pte_span <= vma.end)
+        if whole.any():
+            copy_pte_range(k, dst, vma, src_tables[whole], dst_tables[whole], 0, k.arch.entries)
+        for i in np.flatnonzero(~whole):
+            a, b = entry_range(k, vma, int(bases[i]))
+            copy_pte_range(k, dst, vma, src_tables[i : i + 1], dst_tables[i : i + 1], a, b)
+        if k.tracer.events is not None:
+            for s, d, base in zip(src_tables, dst_tables, bases):
+                k.tracer.emit("copy_page_range", "copy_table", pid=dst.owner, addr=int(base), table=int(s), frame=int(d))
+
+    def zap_pte_table(self, k, mm: MM, slot, table: int, base: int, lo: int, hi: int, whole: bool, tlb: MMUGather, func: str):
+        shift = k.arch.page_shift
+        zap_pte_range(k, mm, table, (lo - base) >> shift, ((hi - base - 1) >> shift) + 1, tlb, func, lo)
+
+    def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
+        return k.slot_table(slot)
+
+
+def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int, b: int) -> None:
+    """Copy entries [a, b) of each source table into the matching destination table."""
+    tables, mem_map = k.phys.tables, k.mem_map
+    block = tables[src_tables, a:b]
+    if not vma.shared:
+        # Copy-on-write: nobody may write a page both processes map, so both lose RW.
+        wrprotected = int(np.count_nonzero(block & _PAGE_RW))
+        if wrprotected:
+            block &= k.arch.clear_bits(_PAGE_RW)
+            tables[src_tables, a:b] = block
+            k.tracer.count("ptes_wrprotected", wrprotected)
+    tables[dst_tables, a:b] = block & k.arch.clear_bits(_PAGE_ACCESSED)  # the child's entries start old
+    pages = k.mapped_pages(block)
+    np.add.at(mem_map.refcount, pages, 1)
+    np.add.at(mem_map.mapcount, pages, 1)
+    mem_map.anon_exclusive[pages] = False
+    dst.rss += len(pages)
+    k.tracer.count("ptes_copied", int(np.count_nonzero(block & MAPPED)))
+
+
+class SharedPolicy(CopyPolicy):
+    name = "shared"
+
+    def vma_needs_copy(self, vma: VMA) -> bool:
+        # Sharing a table costs one use count whatever it maps: share them all (as 2.4 did).
+        return True
+
+    # Phillips' change 1: copy_page_range only raises use counts.
+    def copy_pte_tables(self, k, dst: MM, src: MM, vma: VMA, dst_pmd: int, src_pmd: int, indexes, pmd_base: int):
+        tables, mem_map = k.phys.tables, k.mem_map
+        fresh = indexes[(tables[dst_pmd, indexes] & _PAGE_PRESENT) == 0]  # once per table per fork
+        if len(fresh) == 0:
+            return
+        shared = k.pfns_of(tables[src_pmd, fresh])
+        tables[dst_pmd, fresh] = (shared.astype(tables.dtype) << PFN_SHIFT) | _PAGE_TABLE
+        mem_map.refcount[shared] += 1
+        dst.pgtables_bytes += len(shared) * k.arch.page_size
+        dst.rss += len(k.mapped_pages(tables[shared]))
+        k.tracer.count("tables_shared", len(shared))
+        bases = pmd_base + fresh * k.arch.pte_span
+        first_time = mem_map.refcount[shared] == 2
+        if first_time.any():
+            self.wrprotect_for_sharing(k, src, shared[first_time], bases[first_time])
+        if k.tracer.events is not None:
+            for t, base in zip(shared, bases):
+                k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
+
+    def wrprotect_for_sharing(self, k, mm: MM, shared, bases) -> None:
+        """Count 1 -> 2: clear RW on every private entry of these tables (ANCHORS rule 2).
+
+        MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
+        """
+        tables, span, clear_rw = k.phys.tables, k.arch.pte_span, k.arch.clear_bits(_PAGE_RW)
+        before = 0
+        inside = np.array([_private_vma_covers(mm, int(base), span) for base in bases], dtype=bool)
+        if inside.any():  # the usual case: the table lies inside one private VMA
+            rows = tables[shared[inside]]
+            before += int(np.count_nonzero(rows & _PAGE_RW))
+            tables[shared[inside]] = rows & clear_rw
+        for table, base in zip(shared[~inside], bases[~inside]):
+            for vma in mm.vmas_in(int(base), int(base) + span):
+                if not vma.shared:
+                    a, b = entry_range(k, vma, int(base))
+                    before += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
+                    tables[table, a:b] &= clear_rw
+        k.tracer.count("ptes_wrprotected", before)
+
+    # Phillips' change 2: zap_page_range only drops a shared table's count.
+    def zap_pte_table(self, k, mm: MM, slot, table: int, base: int, lo: int, hi: int, whole: bool, tlb: MMUGather, func: str):
+        if k.mem_map.refcount[table] > 1:
+            if whole:
+                k.set_entry(*slot, 0)
+                k.mem_map.refcount[table] -= 1
+                mm.rss -= len(k.mapped_pages(k.phys.tables[table]))
+                mm.pgtables_bytes -= k.arch.page_size
+                k.tracer.emit(func, "drop_shared_table", pid=mm.owner, addr=base, table=table, count=int(k.mem_map.refcount[table]))
+                return
+            table = self.unshare(k, mm, slot, lo, func)
+        super().zap_pte_table(k, mm, slot, table, base, lo, hi, whole, tlb, func)
+
+    # Phillips' change 3: before an entry of a shared table changes, make the table private.
+    def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
+        table = k.slot_table(slot)
+        if k.mem_map.refcount[table] > 1:
+            table = self.unshare(k, mm, slot, addr, func)
+        return table
+
+    def unshare(self, k, mm: MM, slot, addr: int, func: str) -> int:
+        """Do for this mm, for one table, the copying fork skipped (ANCHORS rule 4)."""
+        mem_map, tables = k.mem_map, k.phys.tables
+        old = k.slot_table(slot)
+        new = mem_map.alloc_one(PG_PGTABLE)
+        tables[new] = tables[old]
+        pages = k.mapped_pages(tables[new])
+        mem_map.refcount[pages] += 1
+        mem_map.mapcount[pages] += 1
+        mem_map.anon_exclusive[pages] = False
+        k.set_entry(*slot, k.arch.mk_entry(new, _PAGE_TABLE))
+        mem_map.refcount[old] -= 1
+        base = addr & ~(k.arch.pte_span - 1)
+        k.flush_tlb_range(mm, base, base + k.arch.pte_span, "unshare_pte_table")
+        k.tracer.count("tables_allocated")
+        k.tracer.count("tables_unshared")
+        k.tracer.count("ptes_copied", int(np.count_nonzero(tables[new] & MAPPED)))
+        k.tracer.emit(func, "unshare_table", pid=mm.owner, addr=base, table=old, frame=new, count=int(mem_map.refcount[old]))
+        return new
+
+
+def _private_vma_covers(mm: MM, base: int, span: int) -> bool:
+    vma = mm.find_vma(base)
+    return vma is not None and not vma.shared and vma.end >= base + span
+
+
+POLICIES = {p.name: p for p in (CopyPolicy(), SharedPolicy())}

@@ -1,0 +1,63 @@
+"""What the kernel did: structured events, and counters.
+
+Every kernel function reports each step it takes to a table or a frame as an `Event`, named by
+the kernel function that took it. Counters are always kept; events only while someone listens
+(`Machine.trace()`), as with ftrace, so that a big fork is not slowed by recording it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Counter names, one per thing the book measures.
+COUNTERS = (
+    "ptes_copied",  # entries copied from one table into another (fork, unshare)
+    "ptes_wrprotected",  # private-writable entries made read-only for copy-on-write
+    "tables_allocated",
+    "tables_shared",  # a use count went up at fork instead of a copy
+    "tables_unshared",  # a private copy of a shared table was made
+    "tables_reused",  # the last sharer took over a table without copying
+    "tables_freed",
+    "pages_allocated",
+    "pages_copied",  # copy-on-write copies
+    "pages_reused",  # copy-on-write faults that found the page no longer shared
+    "pages_freed",
+    "tlb_flushes",
+    "fault_anon",  # first write to an untouched private page
+    "fault_zero",  # first read of an untouched private page: the zero page is mapped
+    "fault_shmem",  # a MAP_SHARED page mapped from its shmem object
+    "fault_wp_copy",
+    "fault_wp_reuse",
+    "fault_wp_shared",  # write to a read-only entry of a writable MAP_SHARED mapping
+    "fault_spurious",  # the entry already allowed the access (stale TLB)
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step: `func` did `action` to a table or frame on behalf of process `pid`."""
+
+    func: str  # the kernel function, by its Linux name: "copy_page_range", "do_wp_page", ...
+    action: str  # what it did: "alloc_table", "share_table", "unshare_table", "copy_page", ...
+    pid: int | None = None
+    addr: int | None = None  # first virtual address the step concerns
+    level: int | None = None  # table level (0 = root) for table steps
+    table: int | None = None  # frame of the table acted on
+    frame: int | None = None  # data frame, or the new table of an unshare
+    count: int | None = None  # a use count after the step, or how many entries it covered
+    detail: dict = field(default_factory=dict, compare=False)
+
+
+class Tracer:
+    def __init__(self):
+        self.counters: Counter = Counter()
+        self.events: list[Event] | None = None  # None while nobody listens
+
+    def emit(self, func: str, action: str, **fields) -> None:
+        if self.events is not None:
+            self.events.append(Event(func, action, **fields))
+
+    def count(self, name: str, n: int = 1) -> None:
+        assert name in COUNTERS, name
+        self.counters[name] += n
