@@ -136,6 +136,6 @@ class Process:
 
     def status(self) -> dict[str, int]:
         """VmSize, VmRSS and VmPTE in kB, as /proc/PID/status shows them."""
-        sys._live(self._task)
+        sys.check_alive(self._task)
         mm, page = self._task.mm, self.machine.arch.page_size
         return {"VmSize": mm.vm_size() // 1024, "VmRSS": mm.rss * page // 1024, "VmPTE": mm.pgtables_bytes // 1024}

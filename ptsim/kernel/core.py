@@ -22,6 +22,7 @@ from .page import PG_PGTABLE, ZERO_PFN, MemMap
 from .trace import Tracer
 
 MAPPED = _PAGE_PRESENT | _PAGE_PROTNONE  # an entry that maps a page (Linux's pte_present)
+GATHER_TABLES = 64  # tables a bulk operation works on at once: 256 KiB on x86_64, cache-sized
 
 
 @dataclass(eq=False)
@@ -47,6 +48,9 @@ class Kernel:
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
+        # Two buffers of GATHER_TABLES tables, touched now so that no bulk operation pays the
+        # host's page faults for a fresh temporary (which cost more than the work done in it).
+        self._scratch = [np.ones((GATHER_TABLES, arch.entries), dtype=arch.dtype) for _ in range(2)]
         # Experiments only: TLB flush sites (named by the kernel function) to leave out, to see
         # what a missing flush lets a process do. The checker reports the stale entries.
         self.skip_tlb_flush: set[str] = set()
@@ -69,6 +73,16 @@ class Kernel:
         """Pfns of the counted pages that `entries` map: every mapped entry but the zero page."""
         pfns = self.pfns_of(entries[(entries & MAPPED) != 0])
         return pfns[pfns != ZERO_PFN]
+
+    def gathered(self, pfns: np.ndarray):
+        """Yield (frames, their tables copied into a scratch buffer), GATHER_TABLES at a time."""
+        for i in range(0, len(pfns), GATHER_TABLES):
+            part = pfns[i : i + GATHER_TABLES]
+            yield part, np.take(self.phys.tables, part, axis=0, out=self._scratch[0][: len(part)])
+
+    def count_set(self, block: np.ndarray, bits: int) -> int:
+        """How many entries of a gathered block have any of `bits` set."""
+        return int(np.count_nonzero(np.bitwise_and(block, bits, out=self._scratch[1][: len(block)])))
 
     # -- tables ----------------------------------------------------------------------------
 

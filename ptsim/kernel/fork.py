@@ -44,6 +44,7 @@ def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
             child.vmas.append(twin)
             if k.policy.vma_needs_copy(vma):
                 copy_page_range(k, child, parent, vma)
+        child.rss = k.policy.child_rss(child, parent)
         k.flush_tlb_mm(parent, "dup_mmap")  # the parent's entries may have been write-protected
     return child
 
@@ -101,6 +102,9 @@ class CopyPolicy:
     def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
         return k.slot_table(slot)
 
+    def child_rss(self, child: MM, parent: MM) -> int:
+        return child.rss  # counted page by page as copy_pte_range copied
+
 
 def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int, b: int) -> None:
     """Copy entries [a, b) of each source table into the matching destination table."""
@@ -115,8 +119,10 @@ def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int,
             k.tracer.count("ptes_wrprotected", wrprotected)
     tables[dst_tables, a:b] = block & k.arch.clear_bits(_PAGE_ACCESSED)  # the child's entries start old
     pages = k.mapped_pages(block)
-    np.add.at(mem_map.refcount, pages, 1)
-    np.add.at(mem_map.mapcount, pages, 1)
+    # A page is mapped at one address of one VMA, so `pages` holds each pfn once and the
+    # buffered += counts exactly (np.add.at would too, at five times the cost).
+    mem_map.refcount[pages] += 1
+    mem_map.mapcount[pages] += 1
     mem_map.anon_exclusive[pages] = False
     dst.rss += len(pages)
     k.tracer.count("ptes_copied", int(np.count_nonzero(block & MAPPED)))
@@ -139,7 +145,6 @@ class SharedPolicy(CopyPolicy):
         tables[dst_pmd, fresh] = (shared.astype(tables.dtype) << PFN_SHIFT) | _PAGE_TABLE
         mem_map.refcount[shared] += 1
         dst.pgtables_bytes += len(shared) * k.arch.page_size
-        dst.rss += len(k.mapped_pages(tables[shared]))
         k.tracer.count("tables_shared", len(shared))
         bases = pmd_base + fresh * k.arch.pte_span
         first_time = mem_map.refcount[shared] == 2
@@ -149,25 +154,30 @@ class SharedPolicy(CopyPolicy):
             for t, base in zip(shared, bases):
                 k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
 
+    def child_rss(self, child: MM, parent: MM) -> int:
+        # Every table of the parent is now the child's too (vma_needs_copy is always true),
+        # so the child maps exactly the pages the parent maps.
+        return parent.rss
+
     def wrprotect_for_sharing(self, k, mm: MM, shared, bases) -> None:
         """Count 1 -> 2: clear RW on every private entry of these tables (ANCHORS rule 2).
 
         MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
         """
         tables, span, clear_rw = k.phys.tables, k.arch.pte_span, k.arch.clear_bits(_PAGE_RW)
-        before = 0
-        inside = np.array([_private_vma_covers(mm, int(base), span) for base in bases], dtype=bool)
-        if inside.any():  # the usual case: the table lies inside one private VMA
-            rows = tables[shared[inside]]
-            before += int(np.count_nonzero(rows & _PAGE_RW))
-            tables[shared[inside]] = rows & clear_rw
-        for table, base in zip(shared[~inside], bases[~inside]):
-            for vma in mm.vmas_in(int(base), int(base) + span):
+        inside = _inside_private_vma(mm, bases, span)
+        wrprotected = 0
+        for part, rows in k.gathered(shared[inside]):  # the usual case: inside one private VMA
+            wrprotected += k.count_set(rows, _PAGE_RW)
+            np.bitwise_and(rows, clear_rw, out=rows)
+            tables[part] = rows
+        for table, base in zip(shared[~inside].tolist(), bases[~inside].tolist()):
+            for vma in mm.vmas_in(base, base + span):
                 if not vma.shared:
-                    a, b = entry_range(k, vma, int(base))
-                    before += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
+                    a, b = entry_range(k, vma, base)
+                    wrprotected += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
                     tables[table, a:b] &= clear_rw
-        k.tracer.count("ptes_wrprotected", before)
+        k.tracer.count("ptes_wrprotected", wrprotected)
 
     # Phillips' change 2: zap_page_range only drops a shared table's count.
     def zap_pte_table(self, k, mm: MM, slot, table: int, base: int, lo: int, hi: int, whole: bool, tlb: MMUGather, func: str):
@@ -210,9 +220,13 @@ class SharedPolicy(CopyPolicy):
         return new
 
 
-def _private_vma_covers(mm: MM, base: int, span: int) -> bool:
-    vma = mm.find_vma(base)
-    return vma is not None and not vma.shared and vma.end >= base + span
+def _inside_private_vma(mm: MM, bases: np.ndarray, span: int) -> np.ndarray:
+    """For each table base, whether [base, base + span) lies inside one private VMA."""
+    starts = np.array([v.start for v in mm.vmas], dtype=np.int64)
+    ends = np.array([v.end for v in mm.vmas], dtype=np.int64)
+    private = np.array([not v.shared for v in mm.vmas], dtype=bool)
+    i = np.searchsorted(starts, bases, side="right") - 1
+    return (i >= 0) & (ends[i] >= bases + span) & private[i]
 
 
 POLICIES = {p.name: p for p in (CopyPolicy(), SharedPolicy())}

@@ -17,7 +17,7 @@ from .mm import PROTS, VMA, Shmem
 MADVICE = ("dontneed",)
 
 
-def _live(task: Task) -> None:
+def check_alive(task: Task) -> None:
     if task.exited:
         raise ProcessExited(f"process {task.pid} has exited")
 
@@ -68,7 +68,7 @@ def get_unmapped_area(k: Kernel, mm, length: int) -> int:
 
 
 def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
-    _live(task)
+    check_alive(task)
     prot = _prot(prot)
     if not isinstance(shared, bool):
         raise ValueError(f"shared must be True or False, not {shared!r}")
@@ -90,7 +90,7 @@ def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
 
 
 def sys_munmap(k: Kernel, task: Task, addr, length) -> None:
-    _live(task)
+    check_alive(task)
     start, end = _range(k, addr, length)
     with k.transaction(task.mm, start, end, 2):  # only the two end tables can be partial
         _do_munmap(k, task.mm, start, end, "do_munmap")
@@ -109,7 +109,7 @@ def _do_munmap(k: Kernel, mm, start: int, end: int, func: str) -> None:
 
 
 def sys_mprotect(k: Kernel, task: Task, addr, length, prot) -> None:
-    _live(task)
+    check_alive(task)
     start, end = _range(k, addr, length)
     prot = _prot(prot)
     mm = task.mm
@@ -123,7 +123,7 @@ def sys_mprotect(k: Kernel, task: Task, addr, length, prot) -> None:
 
 
 def sys_madvise(k: Kernel, task: Task, addr, length, advice) -> None:
-    _live(task)
+    check_alive(task)
     start, end = _range(k, addr, length)
     if advice not in MADVICE:
         raise ValueError(f"advice must be one of {MADVICE!r}, not {advice!r}")
@@ -137,7 +137,7 @@ def sys_madvise(k: Kernel, task: Task, addr, length, advice) -> None:
 
 
 def sys_fork(k: Kernel, task: Task) -> Task:
-    _live(task)
+    check_alive(task)
     child = Task(k.new_pid(), None)
     child.mm = dup_mmap(k, child.pid, task.mm)
     k.tasks[child.pid] = child
@@ -145,14 +145,14 @@ def sys_fork(k: Kernel, task: Task) -> Task:
 
 
 def sys_exit(k: Kernel, task: Task) -> None:
-    _live(task)
+    check_alive(task)
     mm, task.mm = task.mm, None
     exit_mmap(k, mm)
 
 
 def sys_execve(k: Kernel, task: Task) -> None:
     """A fresh, empty address space; the old one goes as at exit (fork + exec: ANCHORS rule 18)."""
-    _live(task)
+    check_alive(task)
     new = k.mm_alloc(task.pid)  # the one allocation comes before anything is torn down
     old, task.mm = task.mm, new
     exit_mmap(k, old)
@@ -165,7 +165,7 @@ def access_user(k: Kernel, task: Task, addr, length, write: bool) -> list[tuple[
     so a SegmentationFault changes nothing; then each page is touched through the MMU, and
     each page fault goes to the fault handler, as a user-mode load or store would.
     """
-    _live(task)
+    check_alive(task)
     if not isinstance(addr, int) or isinstance(addr, bool) or addr < 0:
         raise ValueError(f"addr must be a non-negative int, not {addr!r}")
     if not isinstance(length, int) or length < 0:
@@ -200,7 +200,7 @@ def access_user(k: Kernel, task: Task, addr, length, write: bool) -> list[tuple[
 
 def translate(k: Kernel, task: Task, vaddr) -> int | None:
     """The physical address `vaddr` maps to, read from the tables with no side effects."""
-    _live(task)
+    check_alive(task)
     if not isinstance(vaddr, int) or isinstance(vaddr, bool) or not 0 <= vaddr < k.arch.task_size:
         raise ValueError(f"vaddr must be an int in [0, {k.arch.task_size:#x}), not {vaddr!r}")
     entry = k.follow_pte(task.mm, vaddr)
