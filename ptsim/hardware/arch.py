@@ -107,6 +107,6 @@ ARCHES = {
         Arch("x86_64", 4, 512, 8, 12, 40, ("pgd", "pud", "pmd", "pte"), (1 << 47) - 4096, 0x10000),
         Arch("i386", 2, 1024, 4, 12, 20, ("pgd", "pte"), 0xC000_0000, 0x10000),
         # Small enough to draw whole: 64-byte pages, 3 levels of 8 entries, 32 KiB of address space.
-        Arch("toy", 3, 8, 8, 6, 40, ("pgd", "pmd", "pte"), 1 << 15, 0),
+        Arch("toy", 3, 8, 8, 6, 40, ("pgd", "pmd", "pte"), 1 << 15, 64),
     )
 }

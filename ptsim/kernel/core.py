@@ -158,9 +158,10 @@ class Kernel:
             self.tracer.emit(site, "skip_tlb_flush", pid=mm.owner, addr=start)
             return
         shift = self.arch.page_shift
-        self.tlb.flush_range(mm.pcid, start >> shift, (end + (1 << shift) - 1) >> shift)
+        first, last = start >> shift, (end + (1 << shift) - 1) >> shift
+        self.tlb.flush_range(mm.pcid, first, last)
         self.tracer.count("tlb_flushes")
-        self.tracer.emit(site, "flush_tlb", pid=mm.owner, addr=start, count=(end - start) >> shift)
+        self.tracer.emit(site, "flush_tlb", pid=mm.owner, addr=start, count=last - first)
 
     def flush_tlb_mm(self, mm: MM, site: str) -> None:
         if site in self.skip_tlb_flush:
@@ -179,8 +180,10 @@ class Kernel:
         self.mms[mm.pcid] = mm
         return mm
 
-    def new_pid(self) -> int:
-        pid, self._next_pid = self._next_pid, self._next_pid + 1
+    def new_pid(self, take: bool = True) -> int:
+        """The next pid; `take=False` only looks at it (fork takes it once nothing can fail)."""
+        pid = self._next_pid
+        self._next_pid += take
         return pid
 
     # -- all or nothing ----------------------------------------------------------------------

@@ -66,12 +66,10 @@ def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: 
         else:
             do_anonymous_page(k, mm, vma, table, index, addr, write)
     elif write and not pte & _PAGE_RW:
-        if vma.shared:
-            k.set_entry(table, index, pte | _PAGE_RW | _PAGE_DIRTY)
-            k.tracer.count("fault_wp_shared")
-            k.tracer.emit("do_wp_page", "make_writable", pid=mm.owner, addr=addr, table=table, frame=k.entry_pfn(pte))
-        else:
-            do_wp_page(k, mm, vma, table, index, addr, pte)
+        # MAP_SHARED entries are writable whenever their VMA is (do_shared_fault,
+        # change_protection), so only private memory comes here: copy-on-write.
+        assert not vma.shared
+        do_wp_page(k, mm, vma, table, index, addr, pte)
     else:
         # The entry already allows the access: a stale TLB entry faulted. The fault dropped it.
         k.tracer.count("fault_spurious")

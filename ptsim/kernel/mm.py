@@ -83,14 +83,3 @@ class MM:
 
     def vm_size(self) -> int:
         return sum(v.end - v.start for v in self.vmas)
-
-    def free_range(self, length: int, low: int, high: int) -> int | None:
-        """Highest free gap of `length` below `high`, as the top-down mmap allocator picks."""
-        top = high
-        for v in reversed(self.vmas):
-            if v.end <= top - length and v.end >= low:
-                return top - length
-            if v.end <= top - length:
-                break
-            top = min(top, v.start)
-        return top - length if top - length >= low else None

@@ -62,7 +62,7 @@ def get_unmapped_area(k: Kernel, mm, length: int) -> int:
         if vma.end <= top - length:
             return top - length
         top = min(top, vma.start)
-    if top - length >= max(k.arch.mmap_min_addr, k.arch.page_size):
+    if top - length >= k.arch.mmap_min_addr:
         return top - length
     raise ValueError(f"length: no free range of {length:#x} bytes left in the address space")
 
@@ -138,8 +138,8 @@ def sys_madvise(k: Kernel, task: Task, addr, length, advice) -> None:
 
 def sys_fork(k: Kernel, task: Task) -> Task:
     check_alive(task)
-    child = Task(k.new_pid(), None)
-    child.mm = dup_mmap(k, child.pid, task.mm)
+    mm = dup_mmap(k, k.new_pid(take=False), task.mm)
+    child = Task(k.new_pid(), mm)
     k.tasks[child.pid] = child
     return child
 
@@ -168,7 +168,7 @@ def access_user(k: Kernel, task: Task, addr, length, write: bool) -> list[tuple[
     check_alive(task)
     if not isinstance(addr, int) or isinstance(addr, bool) or addr < 0:
         raise ValueError(f"addr must be a non-negative int, not {addr!r}")
-    if not isinstance(length, int) or length < 0:
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ValueError(f"length must be a non-negative int, not {length!r}")
     if length == 0:
         return []

@@ -17,7 +17,6 @@ COUNTERS = (
     "tables_allocated",
     "tables_shared",  # a use count went up at fork instead of a copy
     "tables_unshared",  # a private copy of a shared table was made
-    "tables_reused",  # the last sharer took over a table without copying
     "tables_freed",
     "pages_allocated",
     "pages_copied",  # copy-on-write copies
@@ -29,7 +28,6 @@ COUNTERS = (
     "fault_shmem",  # a MAP_SHARED page mapped from its shmem object
     "fault_wp_copy",
     "fault_wp_reuse",
-    "fault_wp_shared",  # write to a read-only entry of a writable MAP_SHARED mapping
     "fault_spurious",  # the entry already allowed the access (stale TLB)
 )
 

@@ -1,0 +1,326 @@
+"""Bad input, forbidden accesses, dead processes and exhausted memory: a clear error, no change."""
+
+import re
+
+import pytest
+
+import ptsim
+from ptsim.hardware.arch import _PAGE_ACCESSED, _PAGE_DIRTY
+
+PAGE = 4096
+TASK_SIZE = ptsim.ARCHES["x86_64"].task_size
+A = 0x4000_0000  # the test region: 4 pages
+FREE = 1 << 40  # mapped by nobody, under a root entry of its own
+B = 0x8000_0000  # the filler's region
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def machine(policy="copy", ram=8 << 20):
+    m = ptsim.Machine(arch="x86_64", policy=policy, ram=ram)
+    p = m.spawn()
+    p.mmap(A, 4 * PAGE)
+    p.write(A, b"page 0")
+    p.write(A + 2 * PAGE, b"page 2")
+    return m, p
+
+
+def process_state(p):
+    """What a process sees: status, faults, VMAs, and each page's entry, frame and bytes."""
+    if p.exited:
+        return (p.pid, "exited")
+    k, pages = p.machine.kernel, []
+    ad = _PAGE_ACCESSED | _PAGE_DIRTY  # the walks that read the bytes set these
+    for vma in p.mm.vmas:
+        for addr in range(vma.start, vma.end, PAGE):
+            pa = p.translate(addr)
+            data = p.read(addr, PAGE) if pa is not None and vma.readable else None
+            pages.append((addr, k.follow_pte(p.mm, addr) & ~ad, pa, data))
+    vmas = [(v.start, v.end, v.prot, v.shared) for v in p.mm.vmas]
+    return (p.pid, p.status(), p.minflt, vmas, pages)
+
+
+def state(m, procs):
+    """Everything a failed call must leave as it was."""
+    mem_map = m.kernel.mem_map
+    frames = (mem_map.refcount.tolist(), mem_map.mapcount.tolist(), mem_map.kind.tolist())
+    return (m.free_frames, m.counters, frames, [process_state(p) for p in procs])
+
+
+def assert_refused(m, procs, call, error, match=None):
+    """`call` raises `error` and the machine is exactly as it was."""
+    before = state(m, procs)
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert state(m, procs) == before
+    m.check()
+    return info.value
+
+
+def word(name):
+    return rf"\b{re.escape(name)}\b"
+
+
+# -- bad arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"arch": "arm64"}, "arch"),
+        ({"arch": None}, "arch"),
+        ({"policy": "cow"}, "policy"),
+        ({"ram": 0}, "ram"),
+        ({"ram": -(8 << 20)}, "ram"),
+        ({"ram": (8 << 20) + 1}, "ram"),
+        ({"ram": 8.0 * (1 << 20)}, "ram"),
+        ({"ram": True}, "ram"),
+        ({"ram": "8M"}, "ram"),
+        ({"ram": 4 * PAGE}, "ram"),  # too few frames for a machine
+    ],
+)
+def test_machine_rejects_bad_argument_naming_it(kwargs, name):
+    with pytest.raises(ValueError, match=word(name)):
+        ptsim.Machine(**kwargs)
+
+
+BAD_CALLS = {
+    "mmap unaligned addr": (lambda p: p.mmap(FREE + 1, PAGE), "addr"),
+    "mmap addr not an int": (lambda p: p.mmap(str(FREE), PAGE), "addr"),
+    "mmap zero length": (lambda p: p.mmap(FREE, 0), "length"),
+    "mmap negative length": (lambda p: p.mmap(FREE, -PAGE), "length"),
+    "mmap anywhere zero length": (lambda p: p.mmap(None, 0), "length"),
+    "mmap anywhere longer than user space": (lambda p: p.mmap(None, TASK_SIZE), "length"),
+    "mmap past user space": (lambda p: p.mmap(TASK_SIZE - PAGE, 2 * PAGE), "addr"),
+    "mmap below mmap_min_addr": (lambda p: p.mmap(0, PAGE), "addr"),
+    "mmap bad prot": (lambda p: p.mmap(FREE, PAGE, "x"), "prot"),
+    "mmap write-only prot": (lambda p: p.mmap(FREE, PAGE, "w"), "prot"),
+    "mmap shared not a bool": (lambda p: p.mmap(FREE, PAGE, "rw", 1), "shared"),
+    "munmap unaligned addr": (lambda p: p.munmap(A + 1, PAGE), "addr"),
+    "munmap zero length": (lambda p: p.munmap(A, 0), "length"),
+    "munmap negative length": (lambda p: p.munmap(A, -1), "length"),
+    "munmap float length": (lambda p: p.munmap(A, 1.5), "length"),
+    "munmap past user space": (lambda p: p.munmap(TASK_SIZE - PAGE, 2 * PAGE), "addr"),
+    "mprotect unaligned addr": (lambda p: p.mprotect(A + 8, PAGE, "r"), "addr"),
+    "mprotect zero length": (lambda p: p.mprotect(A, 0, "r"), "length"),
+    "mprotect bad prot": (lambda p: p.mprotect(A, PAGE, "rwx"), "prot"),
+    "mprotect unmapped range": (lambda p: p.mprotect(FREE, PAGE, "r"), "addr"),
+    "mprotect range running off its vma": (lambda p: p.mprotect(A, 8 * PAGE, "r"), "addr"),
+    "madvise bad advice": (lambda p: p.madvise(A, PAGE, "free"), "advice"),
+    "madvise negative length": (lambda p: p.madvise(A, -PAGE, "dontneed"), "length"),
+    "madvise unmapped range": (lambda p: p.madvise(FREE, PAGE, "dontneed"), "addr"),
+    "read negative addr": (lambda p: p.read(-PAGE, 1), "addr"),
+    "read negative length": (lambda p: p.read(A, -1), "length"),
+    "write negative addr": (lambda p: p.write(-1, b"x"), "addr"),
+    "translate past user space": (lambda p: p.translate(TASK_SIZE), "vaddr"),
+    "translate negative": (lambda p: p.translate(-1), "vaddr"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_argument_raises_value_error_naming_it_and_changes_nothing(case):
+    call, name = BAD_CALLS[case]
+    m, p = machine()
+    assert_refused(m, [p], lambda: call(p), ValueError, word(name))
+
+
+def test_refused_mprotect_does_not_split_the_vma():
+    m, p = machine()
+    with pytest.raises(ValueError, match="unmapped"):
+        p.mprotect(A + PAGE, 8 * PAGE, "r")
+    assert [(v.start, v.end, v.prot) for v in p.mm.vmas] == [(A, A + 4 * PAGE, "rw")]
+
+
+def test_read_rejects_bool_length():
+    m, p = machine()
+    assert_refused(m, [p], lambda: p.read(A, True), ValueError, word("length"))
+
+
+# -- segmentation faults -----------------------------------------------------------------
+
+
+def segfault(m, p, call):
+    return assert_refused(m, [p], call, ptsim.SegmentationFault)
+
+
+def test_write_to_read_only_mapping_is_a_segmentation_fault():
+    m, p = machine()
+    r = p.mmap(FREE, PAGE, "r")
+    assert p.read(r, 1) == b"\0"
+    fault = segfault(m, p, lambda: p.write(r + 8, b"x"))
+    assert fault.address == r + 8 and "PROT_WRITE" in fault.reason
+
+
+def test_read_of_prot_none_mapping_is_a_segmentation_fault():
+    m, p = machine()
+    p.mprotect(A, PAGE, "")
+    fault = segfault(m, p, lambda: p.read(A + 3, 1))
+    assert fault.address == A + 3 and "PROT_NONE" in fault.reason
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_access_to_unmapped_memory_is_a_segmentation_fault(write):
+    m, p = machine()
+    call = (lambda: p.write(FREE + 5, b"x")) if write else (lambda: p.read(FREE + 5, 1))
+    fault = segfault(m, p, call)
+    assert fault.address == FREE + 5 and "no mapping" in fault.reason
+
+
+def test_access_beyond_user_space_is_a_segmentation_fault():
+    m, p = machine()
+    fault = segfault(m, p, lambda: p.read(TASK_SIZE, 1))
+    assert fault.address == TASK_SIZE and "user space" in fault.reason
+
+
+def test_multi_page_write_whose_last_page_is_unmapped_writes_nothing():
+    m, p = machine()
+    start = A + 2 * PAGE + 100  # pages 2 (written before) and 3 (untouched), then unmapped memory
+    fault = segfault(m, p, lambda: p.write(start, b"y" * (2 * PAGE)))
+    assert fault.address == A + 4 * PAGE and "no mapping" in fault.reason
+    assert p.read(A + 2 * PAGE, 6) == b"page 2" and p.read(start, 4) == bytes(4)
+    assert p.translate(A + 3 * PAGE) is None, "no page was faulted in"
+
+
+# -- exited processes --------------------------------------------------------------------
+
+CALLS = {
+    "mmap": lambda p: p.mmap(FREE, PAGE),
+    "munmap": lambda p: p.munmap(A, PAGE),
+    "mprotect": lambda p: p.mprotect(A, PAGE, "r"),
+    "madvise": lambda p: p.madvise(A, PAGE, "dontneed"),
+    "fork": lambda p: p.fork(),
+    "exec": lambda p: p.exec(),
+    "exit": lambda p: p.exit(),
+    "read": lambda p: p.read(A, 1),
+    "write": lambda p: p.write(A, b"x"),
+    "translate": lambda p: p.translate(A),
+    "status": lambda p: p.status(),
+}
+
+
+@pytest.mark.parametrize("policy", ["copy", "shared"])
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_every_call_on_exited_process_raises_process_exited(call, policy):
+    m, p = machine(policy)
+    sibling = p.fork()
+    p.exit()
+    assert p.exited and "exited" in repr(p)
+    assert_refused(m, [p, sibling], lambda: CALLS[call](p), ptsim.ProcessExited, f"process {p.pid}")
+
+
+# -- out of memory -----------------------------------------------------------------------
+
+SMALL = 64 * PAGE  # 62 usable frames
+
+
+def small(policy):
+    return machine(policy, ram=SMALL)
+
+
+def exhaust(m, leave):
+    """A filler process takes frames, one page at a time, until exactly `leave` are free."""
+    filler = m.spawn()
+    b = filler.mmap(B, 512 * PAGE)
+    i = 0
+    while m.free_frames > leave:
+        filler.write(b + i * PAGE, b"filler")
+        i += 1
+    assert m.free_frames == leave
+    return filler
+
+
+def forked(policy):
+    m, p = small(policy)
+    return m, p, p.fork()
+
+
+def scenario_write_new_page(policy):
+    m, p = small(policy)
+    return m, [p], lambda: p.write(A + PAGE, b"new")
+
+
+def scenario_read_needing_tables(policy):
+    m, p = small(policy)
+    p.mmap(FREE, PAGE)
+    return m, [p], lambda: p.read(FREE, 1)
+
+
+def scenario_fork(policy):
+    m, p = small(policy)
+    return m, [p], lambda: p.fork()
+
+
+def scenario_exec(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: c.exec()
+
+
+def scenario_write_unsharing(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: p.write(A, b"new")
+
+
+def scenario_mprotect_unsharing(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: p.mprotect(A, PAGE, "r")
+
+
+def scenario_munmap_unsharing(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: p.munmap(A, PAGE)
+
+
+def scenario_madvise_unsharing(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: p.madvise(A, PAGE, "dontneed")
+
+
+def scenario_mmap_fixed_unsharing(policy):
+    m, p, c = forked(policy)
+    return m, [p, c], lambda: p.mmap(A, PAGE, "r")
+
+
+SCENARIOS = {name[len("scenario_") :]: f for name, f in list(globals().items()) if name.startswith("scenario_")}
+
+# (scenario, policy, frames left free): every `leave` below what the call needs.
+OOM_CASES = (
+    [("write_new_page", policy, 0) for policy in ("copy", "shared")]
+    + [("read_needing_tables", policy, leave) for policy in ("copy", "shared") for leave in range(3)]
+    + [("fork", "copy", leave) for leave in range(4)]  # pgd, pud, pmd, pte
+    + [("fork", "shared", leave) for leave in range(3)]  # pgd, pud, pmd: the pte table is shared
+    + [("exec", policy, 0) for policy in ("copy", "shared")]
+    + [("write_unsharing", "shared", leave) for leave in range(2)]  # a table, then a page
+    + [("write_unsharing", "copy", 0)]
+    + [(name, "shared", 0) for name in ("mprotect_unsharing", "munmap_unsharing", "madvise_unsharing", "mmap_fixed_unsharing")]
+)
+
+
+@pytest.mark.parametrize("case, policy, leave", OOM_CASES)
+def test_out_of_memory_leaves_machine_exactly_as_it_was(case, policy, leave):
+    m, procs, call = SCENARIOS[case](policy)
+    filler = exhaust(m, leave)
+    assert_refused(m, procs + [filler], call, ptsim.OutOfMemory)
+
+
+@pytest.mark.parametrize("case, policy", sorted({(case, policy) for case, policy, _ in OOM_CASES}))
+def test_call_that_ran_out_of_memory_succeeds_once_memory_is_freed(case, policy):
+    m, procs, call = SCENARIOS[case](policy)
+    filler = exhaust(m, 0)
+    with pytest.raises(ptsim.OutOfMemory):
+        call()
+    filler.exit()
+    call()
+    m.check()
+    for p in procs:
+        if not p.exited and p.mm.find_vma(A + 2 * PAGE):
+            assert p.read(A + 2 * PAGE, 6) == b"page 2"
+
+
+def test_fork_that_runs_out_of_memory_consumes_no_pid():
+    m, p = small("copy")
+    filler = exhaust(m, 0)
+    with pytest.raises(ptsim.OutOfMemory):
+        p.fork()
+    filler.exit()
+    assert p.fork().pid == filler.pid + 1
