@@ -212,11 +212,11 @@ class SharedPolicy(CopyPolicy):
         k.set_entry(*slot, k.arch.mk_entry(new, _PAGE_TABLE))
         mem_map.refcount[old] -= 1
         base = addr & ~(k.arch.pte_span - 1)
-        k.flush_tlb_range(mm, base, base + k.arch.pte_span, "unshare_pte_table")
         k.tracer.count("tables_allocated")
         k.tracer.count("tables_unshared")
         k.tracer.count("ptes_copied", int(np.count_nonzero(tables[new] & MAPPED)))
         k.tracer.emit(func, "unshare_table", pid=mm.owner, addr=base, table=old, frame=new, count=int(mem_map.refcount[old]))
+        k.flush_tlb_range(mm, base, base + k.arch.pte_span, "unshare_pte_table")
         return new
 
 
