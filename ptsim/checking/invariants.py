@@ -144,7 +144,7 @@ def _check_frames(k: Kernel, table_refs, entry_refs, reached) -> None:
     free = kind == PG_FREE
     if (free & ((mem_map.refcount != 0) | (entry_refs != 0) | (table_refs != 0))).any():
         _fail(f"free frames {np.flatnonzero(free & ((mem_map.refcount != 0) | (entry_refs != 0)))[:8].tolist()} are in use")
-    if int(free.sum()) != mem_map.nr_free or set(mem_map.free_stack[: mem_map.nr_free].tolist()) != set(np.flatnonzero(free).tolist()):
+    if int(free.sum()) != mem_map.nr_free or set(mem_map.free_frames().tolist()) != set(np.flatnonzero(free).tolist()):
         _fail("the free-frame stack disagrees with the frames marked free")
     dirty = np.flatnonzero(free)[k.phys.tables[free].any(axis=1)]
     if len(dirty):

@@ -48,9 +48,9 @@ class Kernel:
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
-        # Two buffers of GATHER_TABLES tables, touched now so that no bulk operation pays the
-        # host's page faults for a fresh temporary (which cost more than the work done in it).
-        self._scratch = [np.ones((GATHER_TABLES, arch.entries), dtype=arch.dtype) for _ in range(2)]
+        # Room for GATHER_TABLES tables, touched now so that no bulk operation pays the host's
+        # page faults for a fresh temporary (they cost more than the work done in it).
+        self._scratch = np.ones((GATHER_TABLES, arch.entries), dtype=arch.dtype)
         # Experiments only: TLB flush sites (named by the kernel function) to leave out, to see
         # what a missing flush lets a process do. The checker reports the stale entries.
         self.skip_tlb_flush: set[str] = set()
@@ -74,15 +74,17 @@ class Kernel:
         pfns = self.pfns_of(entries[(entries & MAPPED) != 0])
         return pfns[pfns != ZERO_PFN]
 
-    def gathered(self, pfns: np.ndarray):
-        """Yield (frames, their tables copied into a scratch buffer), GATHER_TABLES at a time."""
-        for i in range(0, len(pfns), GATHER_TABLES):
-            part = pfns[i : i + GATHER_TABLES]
-            yield part, np.take(self.phys.tables, part, axis=0, out=self._scratch[0][: len(part)])
+    def table_runs(self, pfns: np.ndarray):
+        """The tables in frames `pfns` as views of physical memory, run by run of consecutive
+        frames (page tables are allocated side by side), GATHER_TABLES at most at a time."""
+        pfns = np.sort(pfns)
+        for run in np.split(pfns, np.flatnonzero(np.diff(pfns) != 1) + 1):
+            for i in range(0, len(run), GATHER_TABLES):
+                yield self.phys.tables[run[i] : run[min(i + GATHER_TABLES, len(run)) - 1] + 1]
 
     def count_set(self, block: np.ndarray, bits: int) -> int:
-        """How many entries of a gathered block have any of `bits` set."""
-        return int(np.count_nonzero(np.bitwise_and(block, bits, out=self._scratch[1][: len(block)])))
+        """How many entries of a block of at most GATHER_TABLES tables have any of `bits` set."""
+        return int(np.count_nonzero(np.bitwise_and(block, bits, out=self._scratch[: len(block)])))
 
     # -- tables ----------------------------------------------------------------------------
 

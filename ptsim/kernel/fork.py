@@ -167,10 +167,9 @@ class SharedPolicy(CopyPolicy):
         tables, span, clear_rw = k.phys.tables, k.arch.pte_span, k.arch.clear_bits(_PAGE_RW)
         inside = _inside_private_vma(mm, bases, span)
         wrprotected = 0
-        for part, rows in k.gathered(shared[inside]):  # the usual case: inside one private VMA
+        for rows in k.table_runs(shared[inside]):  # the usual case: inside one private VMA
             wrprotected += k.count_set(rows, _PAGE_RW)
             np.bitwise_and(rows, clear_rw, out=rows)
-            tables[part] = rows
         for table, base in zip(shared[~inside].tolist(), bases[~inside].tolist()):
             for vma in mm.vmas_in(base, base + span):
                 if not vma.shared:

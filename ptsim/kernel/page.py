@@ -28,10 +28,37 @@ PG_SHMEM = 4
 KIND_NAMES = {PG_FREE: "free", PG_RESERVED: "reserved", PG_PGTABLE: "pgtable", PG_ANON: "anon", PG_SHMEM: "shmem"}
 
 ZERO_PFN = 1  # the one shared zero page (empty_zero_page)
+UNMOVABLE_SHARE = 16  # 1/16 of memory is first given to page tables (1 GiB of them map 512 GiB)
+
+
+class FreeList:
+    """A stack of free frames: the frame on top goes first, a freed frame goes on top."""
+
+    def __init__(self, pfns: np.ndarray):
+        self.stack = pfns[::-1].copy()  # pfns[0] on top
+        self.nr = len(pfns)
+
+    def pop(self, n: int) -> np.ndarray:
+        self.nr -= n
+        return self.stack[self.nr : self.nr + n][::-1].copy()
+
+    def push(self, pfns: np.ndarray) -> None:
+        self.stack[self.nr : self.nr + len(pfns)] = pfns[::-1]
+        self.nr += len(pfns)
+
+    def frames(self) -> np.ndarray:
+        return self.stack[: self.nr]
 
 
 class MemMap:
-    """`mem_map[]`: one slot per frame, as parallel arrays so bulk operations stay vectorised."""
+    """`mem_map[]`: one slot per frame, as parallel arrays so bulk operations stay vectorised.
+
+    Like Linux's page allocator, which keeps unmovable allocations (page tables) in other
+    pageblocks than movable ones (user pages), frames come from two free lists: page tables
+    from the top of memory down, everything else from the bottom up; each list falls back on
+    the other when it runs dry. A process's tables therefore tend to sit side by side, and a
+    fork can work on runs of them in place.
+    """
 
     def __init__(self, phys: PhysicalMemory):
         n = phys.nframes
@@ -43,15 +70,20 @@ class MemMap:
         self.kind = np.zeros(n, dtype=np.uint8)
         self.anon_exclusive = np.zeros(n, dtype=bool)  # PG_anon_exclusive: only one mm maps it
         self.kind[0] = self.kind[ZERO_PFN] = PG_RESERVED
-        # A stack of free frames, lowest pfn on top, so allocation order is deterministic.
-        self.free_stack = np.arange(n - 1, ZERO_PFN, -1, dtype=np.int64)
-        self.nr_free = len(self.free_stack)
+        self.split = n - max(n // UNMOVABLE_SHARE, 4)  # frames from here up hold tables first
+        self.movable = FreeList(np.arange(ZERO_PFN + 1, self.split, dtype=np.int64))
+        self.unmovable = FreeList(np.arange(n - 1, self.split - 1, -1, dtype=np.int64))
+
+    @property
+    def nr_free(self) -> int:
+        return self.movable.nr + self.unmovable.nr
 
     def alloc(self, n: int, kind: int) -> np.ndarray:
         if n > self.nr_free:
             raise OutOfMemory(f"{n} frame(s) needed, {self.nr_free} free")
-        pfns = self.free_stack[self.nr_free - n : self.nr_free][::-1].copy()
-        self.nr_free -= n
+        first, second = (self.unmovable, self.movable) if kind == PG_PGTABLE else (self.movable, self.unmovable)
+        taken = min(n, first.nr)
+        pfns = np.concatenate([first.pop(taken), second.pop(n - taken)])
         self.kind[pfns] = kind
         self.refcount[pfns] = 1
         return pfns
@@ -67,17 +99,21 @@ class MemMap:
         self.refcount[pfns] = 0
         self.mapcount[pfns] = 0
         self.anon_exclusive[pfns] = False
-        self.free_stack[self.nr_free : self.nr_free + len(pfns)] = pfns[::-1]
-        self.nr_free += len(pfns)
+        self.movable.push(pfns[pfns < self.split])
+        self.unmovable.push(pfns[pfns >= self.split])
+
+    def free_frames(self) -> np.ndarray:
+        return np.concatenate([self.movable.frames(), self.unmovable.frames()])
 
     def snapshot(self):
-        return tuple(a.copy() for a in (self.refcount, self.mapcount, self.kind, self.anon_exclusive, self.free_stack)) + (self.nr_free,)
+        arrays = (self.refcount, self.mapcount, self.kind, self.anon_exclusive, self.movable.stack, self.unmovable.stack)
+        return tuple(a.copy() for a in arrays) + (self.movable.nr, self.unmovable.nr)
 
     def restore(self, snap) -> None:
         """Put the metadata back as `snapshot` found it; zero the frames freed by going back."""
-        refcount, mapcount, kind, excl, stack, nr_free = snap
+        refcount, mapcount, kind, excl, movable, unmovable, nr_movable, nr_unmovable = snap
         reborn_free = np.flatnonzero((kind == PG_FREE) & (self.kind != PG_FREE))
         self.phys.tables[reborn_free] = 0
         self.refcount[:], self.mapcount[:], self.kind[:], self.anon_exclusive[:] = refcount, mapcount, kind, excl
-        self.free_stack[:] = stack
-        self.nr_free = nr_free
+        self.movable.stack[:], self.unmovable.stack[:] = movable, unmovable
+        self.movable.nr, self.unmovable.nr = nr_movable, nr_unmovable
