@@ -48,9 +48,6 @@ class Kernel:
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
-        # Room for GATHER_TABLES tables, touched now so that no bulk operation pays the host's
-        # page faults for a fresh temporary (they cost more than the work done in it).
-        self._scratch = np.ones((GATHER_TABLES, arch.entries), dtype=arch.dtype)
         # Experiments only: TLB flush sites (named by the kernel function) to leave out, to see
         # what a missing flush lets a process do. The checker reports the stale entries.
         self.skip_tlb_flush: set[str] = set()
@@ -78,13 +75,20 @@ class Kernel:
         """The tables in frames `pfns` as views of physical memory, run by run of consecutive
         frames (page tables are allocated side by side), GATHER_TABLES at most at a time."""
         pfns = np.sort(pfns)
-        for run in np.split(pfns, np.flatnonzero(np.diff(pfns) != 1) + 1):
-            for i in range(0, len(run), GATHER_TABLES):
-                yield self.phys.tables[run[i] : run[min(i + GATHER_TABLES, len(run)) - 1] + 1]
+        starts = np.flatnonzero(np.diff(pfns, prepend=-2) != 1).tolist()
+        pfns = pfns.tolist()
+        for start, end in zip(starts, starts[1:] + [len(pfns)]):
+            for i in range(start, end, GATHER_TABLES):
+                yield self.phys.tables[pfns[i] : pfns[min(i + GATHER_TABLES, end) - 1] + 1]
 
     def count_set(self, block: np.ndarray, bits: int) -> int:
-        """How many entries of a block of at most GATHER_TABLES tables have any of `bits` set."""
-        return int(np.count_nonzero(np.bitwise_and(block, bits, out=self._scratch[: len(block)])))
+        """How many entries of a block of at most GATHER_TABLES tables have any of `bits` set.
+
+        `bits` must lie in the entry's low byte: only that byte of each entry is read into
+        the (eight times smaller) temporary.
+        """
+        assert bits < 256
+        return int(np.count_nonzero(block.view(np.uint8)[:, :: self.arch.entry_bytes] & np.uint8(bits)))
 
     # -- tables ----------------------------------------------------------------------------
 
