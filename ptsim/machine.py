@@ -20,6 +20,7 @@ from .checking.invariants import check
 from .hardware import ARCHES
 from .kernel import POLICIES, Kernel, Task
 from .kernel import syscalls as sys
+from .kernel.swap import try_to_swap_out
 
 
 class Machine:
@@ -56,6 +57,12 @@ class Machine:
         task.mm = k.mm_alloc(task.pid)
         k.tasks[task.pid] = task
         return Process(self, task)
+
+    def swap_out(self, process: Process, addr: int) -> bool:
+        """Reclaim: page out the private page `process` maps at `addr`, as 2.4's page-table
+        scan would on reaching it. False if it cannot go: not mapped, or mapped twice."""
+        sys.check_alive(process._task)
+        return try_to_swap_out(self.kernel, process._task.mm, addr)
 
     def check(self) -> None:
         """Recount everything; raise ptsim.InvariantError on the first thing that is off."""
@@ -94,6 +101,11 @@ class Process:
     @property
     def minflt(self) -> int:
         return self._task.minflt
+
+    @property
+    def majflt(self) -> int:
+        """Major faults: pages read back from swap."""
+        return self._task.majflt
 
     @property
     def mm(self):
@@ -135,7 +147,12 @@ class Process:
         return sys.translate(self.machine.kernel, self._task, vaddr)
 
     def status(self) -> dict[str, int]:
-        """VmSize, VmRSS and VmPTE in kB, as /proc/PID/status shows them."""
+        """VmSize, VmRSS, VmPTE and VmSwap in kB, as /proc/PID/status shows them."""
         sys.check_alive(self._task)
         mm, page = self._task.mm, self.machine.arch.page_size
-        return {"VmSize": mm.vm_size() // 1024, "VmRSS": mm.rss * page // 1024, "VmPTE": mm.pgtables_bytes // 1024}
+        return {
+            "VmSize": mm.vm_size() // 1024,
+            "VmRSS": mm.rss * page // 1024,
+            "VmPTE": mm.pgtables_bytes // 1024,
+            "VmSwap": mm.swapents * page // 1024,
+        }

@@ -13,7 +13,8 @@ mappings (permission ANDed over the levels), and then holds the kernel to:
   MAP_SHARED memory (rule 2): the zero page is never writable;
 - every entry lies inside a VMA of every mm that reaches it, and asks no more than the VMA
   allows; a private VMA maps anonymous pages or the zero page, a shared one its shmem pages;
-- rss and pgtables_bytes equal the recount; anon_exclusive pages have one mapping entry;
+- rss, swapents and pgtables_bytes equal the recount; anon_exclusive pages have one mapping
+  entry; each swap slot's count equals the swap entries holding it, all in private VMAs;
 - every TLB entry agrees with the tables: same frame, and no write the tables forbid.
 """
 
@@ -38,6 +39,7 @@ def check(k: Kernel) -> None:
     entry_refs = np.zeros(n, dtype=np.int64)
     reached = np.zeros(n, dtype=bool)
     mappings = []  # per mm: (mm, vpns, pfns, writable)
+    swap_refs: dict[int, int] = {}  # swap slot -> entries holding it, each table counted once
 
     live = [t.mm for t in k.tasks.values() if t.mm is not None]
     if sorted(mm.pcid for mm in live) != sorted(k.mms):
@@ -46,10 +48,10 @@ def check(k: Kernel) -> None:
         table_refs[mm.pgd] += 1
         reached[mm.pgd] = True
         vpns, pfns, writable = [], [], []
-        pgtables = rss = 0
+        pgtables = rss = swapents = 0
 
         def walk(table: int, level: int, base: int, upper_rw: bool):
-            nonlocal pgtables, rss
+            nonlocal pgtables, rss, swapents
             row = tables[table]
             if level < arch.levels - 1:
                 nonzero = np.flatnonzero(row)
@@ -68,9 +70,10 @@ def check(k: Kernel) -> None:
                 return
             # A last-level table: its entries, checked against this mm's VMAs.
             indexes = np.flatnonzero(row)
+            _check_swap_entries(k, mm, table, base, row, swap_refs if table_refs[table] == 1 else None)
+            swapents += len(k.swap_slots(row))
+            indexes = indexes[(row[indexes] & MAPPED) != 0]
             entries = row[indexes]
-            if ((entries & MAPPED) == 0).any():
-                _fail(f"pid {mm.owner}: table {table} holds an entry that maps nothing and is not empty")
             page_pfns = k.pfns_of(entries)
             addrs = base + (indexes.astype(np.int64) << arch.page_shift)
             for addr, entry, pfn in zip(addrs.tolist(), entries.tolist(), page_pfns.tolist()):
@@ -102,14 +105,31 @@ def check(k: Kernel) -> None:
         walk(mm.pgd, 0, 0, True)
         if rss != mm.rss:
             _fail(f"pid {mm.owner}: rss is {mm.rss} but its tables map {rss} pages")
+        if swapents != mm.swapents:
+            _fail(f"pid {mm.owner}: swapents is {mm.swapents} but its tables hold {swapents} swap entries")
         if pgtables * arch.page_size != mm.pgtables_bytes:
             _fail(f"pid {mm.owner}: pgtables_bytes is {mm.pgtables_bytes} but it reaches {pgtables} tables")
         cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt))
         mappings.append((mm, cat(vpns, np.int64), cat(pfns, np.int64), cat(writable, bool)))
 
     _check_frames(k, table_refs, entry_refs, reached)
+    if swap_refs != k.swap.count or k.swap.count.keys() != k.swap.data.keys():
+        _fail(f"swap counts {k.swap.count} but the tables hold {swap_refs}")
     _check_exclusive_writes(k, mappings)
     _check_tlb(k, mappings)
+
+
+def _check_swap_entries(k: Kernel, mm, table: int, base: int, row, swap_refs: dict | None) -> None:
+    """Swap entries lie in private VMAs and name a slot; count each table's once."""
+    swapped = np.flatnonzero((row != 0) & ((row & MAPPED) == 0))
+    for index in swapped.tolist():
+        addr = base + (index << k.arch.page_shift)
+        vma = mm.find_vma(addr)
+        if vma is None or vma.shared:
+            _fail(f"pid {mm.owner}: swap entry {int(row[index]):#x} for {addr:#x} is not in a private VMA")
+        if swap_refs is not None:
+            slot = k.entry_pfn(row[index])
+            swap_refs[slot] = swap_refs.get(slot, 0) + 1
 
 
 def _check_frames(k: Kernel, table_refs, entry_refs, reached) -> None:

@@ -19,6 +19,7 @@ from ..hardware import MMU, TLB, Arch, PhysicalMemory
 from ..hardware.arch import PFN_SHIFT, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_TABLE
 from .mm import MM
 from .page import PG_PGTABLE, ZERO_PFN, MemMap
+from .swap import SwapDevice
 from .trace import Tracer
 
 MAPPED = _PAGE_PRESENT | _PAGE_PROTNONE  # an entry that maps a page (Linux's pte_present)
@@ -30,6 +31,7 @@ class Task:
     pid: int
     mm: MM | None
     minflt: int = 0  # as getrusage(2) counts: every fault the kernel resolved without I/O
+    majflt: int = 0  # faults that read a page back from swap
 
     @property
     def exited(self) -> bool:
@@ -45,6 +47,7 @@ class Kernel:
         self.mmu = MMU(self.phys, self.tlb)
         self.policy = policy
         self.tracer = Tracer()
+        self.swap = SwapDevice()
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
@@ -65,6 +68,10 @@ class Kernel:
 
     def pfns_of(self, entries: np.ndarray) -> np.ndarray:
         return ((entries & self.arch.dtype.type(self.arch.pfn_mask)) >> PFN_SHIFT).astype(np.int64)
+
+    def swap_slots(self, entries: np.ndarray) -> np.ndarray:
+        """Swap slots that `entries` hold: entries that are neither empty nor mapped."""
+        return self.pfns_of(entries[(entries != 0) & ((entries & MAPPED) == 0)])
 
     def mapped_pages(self, entries: np.ndarray) -> np.ndarray:
         """Pfns of the counted pages that `entries` map: every mapped entry but the zero page."""
@@ -238,9 +245,11 @@ class Kernel:
         return dict(
             mem_map=self.mem_map.snapshot(),
             rows=rows,
-            mm=(mm.rss, mm.pgtables_bytes, [copy.copy(v) for v in mm.vmas]),
+            mms=[(m, m.rss, m.swapents, m.pgtables_bytes) for m in self.mms.values()],
+            vmas=[copy.copy(v) for v in mm.vmas],
+            swap=self.swap.snapshot(),
             shmem=[(s, dict(s.pages), s.nr_vmas) for s in shmems.values()],
-            tasks=[(t, t.minflt) for t in self.tasks.values()],
+            tasks=[(t, t.minflt, t.majflt) for t in self.tasks.values()],
             counters=self.tracer.counters.copy(),
             events=None if self.tracer.events is None else len(self.tracer.events),
             next=(self._next_pcid, self._next_shmem, dict(self.mms)),
@@ -250,11 +259,14 @@ class Kernel:
         self.mem_map.restore(saved["mem_map"])
         for table, row in saved["rows"].items():
             self.phys.tables[table] = row
-        mm.rss, mm.pgtables_bytes, mm.vmas = saved["mm"]
+        for m, rss, swapents, pgtables_bytes in saved["mms"]:
+            m.rss, m.swapents, m.pgtables_bytes = rss, swapents, pgtables_bytes
+        mm.vmas = saved["vmas"]
+        self.swap.restore(saved["swap"])
         for shmem, pages, nr_vmas in saved["shmem"]:
             shmem.pages, shmem.nr_vmas = pages, nr_vmas
-        for task, minflt in saved["tasks"]:
-            task.minflt = minflt
+        for task, minflt, majflt in saved["tasks"]:
+            task.minflt, task.majflt = minflt, majflt
         self.tracer.counters = saved["counters"]
         if saved["events"] is not None:
             del self.tracer.events[saved["events"] :]

@@ -44,7 +44,7 @@ def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
             child.vmas.append(twin)
             if k.policy.vma_needs_copy(vma):
                 copy_page_range(k, child, parent, vma)
-        child.rss = k.policy.child_rss(child, parent)
+        k.policy.account_child(child, parent)
         k.flush_tlb_mm(parent, "dup_mmap")  # the parent's entries may have been write-protected
     return child
 
@@ -102,8 +102,8 @@ class CopyPolicy:
     def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
         return k.slot_table(slot)
 
-    def child_rss(self, child: MM, parent: MM) -> int:
-        return child.rss  # counted page by page as copy_pte_range copied
+    def account_child(self, child: MM, parent: MM) -> None:
+        pass  # copy_pte_range counted the child's pages and swap entries as it copied them
 
 
 def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int, b: int) -> None:
@@ -125,6 +125,9 @@ def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int,
     mem_map.mapcount[pages] += 1
     mem_map.anon_exclusive[pages] = False
     dst.rss += len(pages)
+    slots = k.swap_slots(block)
+    k.swap.dup(slots)
+    dst.swapents += len(slots)
     k.tracer.count("ptes_copied", int(np.count_nonzero(block & MAPPED)))
 
 
@@ -154,10 +157,10 @@ class SharedPolicy(CopyPolicy):
             for t, base in zip(shared, bases):
                 k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
 
-    def child_rss(self, child: MM, parent: MM) -> int:
+    def account_child(self, child: MM, parent: MM) -> None:
         # Every table of the parent is now the child's too (vma_needs_copy is always true),
-        # so the child maps exactly the pages the parent maps.
-        return parent.rss
+        # so the child maps exactly the pages and swap entries the parent maps.
+        child.rss, child.swapents = parent.rss, parent.swapents
 
     def wrprotect_for_sharing(self, k, mm: MM, shared, bases) -> None:
         """Count 1 -> 2: clear RW on every private entry of these tables (ANCHORS rule 2).
@@ -185,6 +188,7 @@ class SharedPolicy(CopyPolicy):
                 k.set_entry(*slot, 0)
                 k.mem_map.refcount[table] -= 1
                 mm.rss -= len(k.mapped_pages(k.phys.tables[table]))
+                mm.swapents -= len(k.swap_slots(k.phys.tables[table]))
                 mm.pgtables_bytes -= k.arch.page_size
                 k.tracer.emit(func, "drop_shared_table", pid=mm.owner, addr=base, table=table, count=int(k.mem_map.refcount[table]))
                 return
@@ -208,6 +212,7 @@ class SharedPolicy(CopyPolicy):
         mem_map.refcount[pages] += 1
         mem_map.mapcount[pages] += 1
         mem_map.anon_exclusive[pages] = False
+        k.swap.dup(k.swap_slots(tables[new]))
         k.set_entry(*slot, k.arch.mk_entry(new, _PAGE_TABLE))
         mem_map.refcount[old] -= 1
         base = addr & ~(k.arch.pte_span - 1)

@@ -39,11 +39,14 @@ def do_user_addr_fault(k: Kernel, task: Task, fault: PageFault) -> None:
     reason = access_error(vma, fault.write)
     if reason is not None:
         raise SegmentationFault(fault.cr2, reason)
-    task.minflt += 1
-    handle_mm_fault(k, mm, vma, fault.cr2, fault.write)
+    if handle_mm_fault(k, mm, vma, fault.cr2, fault.write):
+        task.majflt += 1
+    else:
+        task.minflt += 1
 
 
-def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> None:
+def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> bool:
+    """Resolve a fault the VMA allows; True if it was a major fault (it read swap)."""
     arch = k.arch
     slot = k.pmd_slot(mm, addr, alloc=True, func="handle_mm_fault")
     index = arch.index(arch.levels - 1, addr)
@@ -55,11 +58,14 @@ def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> None
         if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
             # This fault will write the entry: the table must be this mm's own.
             table = k.policy.prepare_pte_write(k, mm, slot, addr, "handle_mm_fault")
-    handle_pte_fault(k, mm, vma, table, index, addr, write)
+    return handle_pte_fault(k, mm, vma, table, index, addr, write)
 
 
-def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool) -> None:
+def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool) -> bool:
     pte = k.entry(table, index)
+    if pte and not pte & MAPPED:
+        do_swap_page(k, mm, vma, table, index, addr, write, pte)
+        return True
     if not pte & _PAGE_PRESENT:
         if vma.shared:
             do_shared_fault(k, mm, vma, table, index, addr, write)
@@ -74,6 +80,7 @@ def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: 
         # The entry already allows the access: a stale TLB entry faulted. The fault dropped it.
         k.tracer.count("fault_spurious")
         k.tracer.emit("handle_pte_fault", "spurious", pid=mm.owner, addr=addr, table=table)
+    return False
 
 
 def do_anonymous_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool) -> None:
@@ -126,6 +133,20 @@ def do_wp_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, p
         put_pages(k, np.array([old]))
 
 
+def do_swap_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool, pte: int) -> None:
+    """Read a swapped-out page back into a new page of this mm's own (a major fault)."""
+    swap_slot = k.entry_pfn(pte)
+    pfn = new_anon_page(k)
+    k.phys.frame_bytes(pfn)[:] = np.frombuffer(k.swap.data[swap_slot], dtype=np.uint8)
+    k.swap.put([swap_slot])
+    flags = _PAGE_NEW | ((_PAGE_RW | _PAGE_DIRTY) if write else 0)  # a read maps it read-only
+    k.set_entry(table, index, k.arch.mk_entry(pfn, flags))
+    mm.rss += 1
+    mm.swapents -= 1
+    k.tracer.count("fault_swapin")
+    k.tracer.emit("do_swap_page", "swap_in_page", pid=mm.owner, addr=addr, table=table, frame=pfn, detail={"slot": swap_slot})
+
+
 def do_shared_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool) -> None:
     """Map a MAP_SHARED page from its shmem object, creating it on first use.
 
@@ -174,6 +195,9 @@ def zap_pte_range(k: Kernel, mm: MM, table: int, first: int, last: int, tlb: MMU
     entries = k.phys.tables[table, first:last]
     pages = k.mapped_pages(entries)
     mm.rss -= len(pages)
+    slots = k.swap_slots(entries)
+    k.swap.put(slots)
+    mm.swapents -= len(slots)
     cleared = int(np.count_nonzero(entries))
     entries[:] = 0
     if len(pages):

@@ -55,6 +55,7 @@ class MM:
     owner: int  # pid of the process using it, for the event trace
     vmas: list[VMA] = field(default_factory=list)
     rss: int = 0  # resident pages mapped by its tables (anon and shmem; not the zero page)
+    swapents: int = 0  # swap entries in its tables (VmSwap)
     pgtables_bytes: int = 0  # bytes of tables below the root reachable from pgd
 
     def find_vma(self, addr: int) -> VMA | None:

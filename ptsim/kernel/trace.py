@@ -22,6 +22,7 @@ COUNTERS = (
     "pages_copied",  # copy-on-write copies
     "pages_reused",  # copy-on-write faults that found the page no longer shared
     "pages_freed",
+    "pages_swapped_out",
     "tlb_flushes",
     "fault_anon",  # first write to an untouched private page
     "fault_zero",  # first read of an untouched private page: the zero page is mapped
@@ -29,6 +30,7 @@ COUNTERS = (
     "fault_wp_copy",
     "fault_wp_reuse",
     "fault_spurious",  # the entry already allowed the access (stale TLB)
+    "fault_swapin",  # a major fault: a page read back from swap
 )
 
 
