@@ -11,6 +11,9 @@ measured side by side in one run, each the median of `--repeat` forks:
   shared first  ptsim's shared fork (policy "shared") of a parent whose tables nobody else
                 uses: each table's use count goes 1 -> 2, and every private writable PTE in
                 it is write-protected. Phillips' costly case.
+  up.first      the first fork under policy "upper_wp": tables shared as above, but
+                write-protected through each sharer's upper entry (McCracken, ODF), so the
+                fork touches no PTE.
   shared again  a shared fork while a first child still shares the tables (2 -> 3): upper
                 entries and use counts only.
   floor         the least numpy can do for a copy fork of the same PTEs: write-protect them
@@ -181,9 +184,9 @@ def bench_copy(size: int, repeat: int) -> tuple[dict, np.ndarray, int]:
     return {**summary(forks), "vmpte_kb": p.status()["VmPTE"], "host": host}, ptes, nframes
 
 
-def bench_shared(size: int, repeat: int) -> tuple[dict, dict]:
+def bench_shared(size: int, repeat: int, policy: str = "shared") -> tuple[dict, dict]:
     """Shared fork: with no other sharer (1 -> 2), and while a first child shares (2 -> 3)."""
-    m = ptsim.Machine(arch="x86_64", policy="shared", ram=size + SPARE_RAM)
+    m = ptsim.Machine(arch="x86_64", policy=policy, ram=size + SPARE_RAM)
     p = m.spawn()
     addr = p.mmap(None, size, "rw", False)
     touch(p, addr, size)
@@ -229,7 +232,10 @@ def bench_size(size: int, repeat: int) -> dict:
     del ptes
     shared_first, shared_again = bench_shared(size, repeat)
     gc.collect()
-    return {"size": size, "real": real, "copy": copy, "shared_first": shared_first, "shared_again": shared_again, "floor": floor}
+    upper_wp_first, _ = bench_shared(size, repeat, "upper_wp")
+    gc.collect()
+    return {"size": size, "real": real, "copy": copy, "shared_first": shared_first, "shared_again": shared_again,
+            "upper_wp_first": upper_wp_first, "floor": floor}
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -274,12 +280,13 @@ def ratio(a: float, b: float) -> str:
 
 def print_results(results: list[dict], repeat: int) -> None:
     print(f"fork, median of {repeat} (ms)")
-    print(f"{'size':>8} {'real':>8} {'copy':>8} {'sh.first':>9} {'sh.again':>9} {'floor':>8} "
-          f"{'copy/real':>10} {'copy/sh.first':>14} {'copy/sh.again':>14} {'copy/floor':>11}")
+    print(f"{'size':>8} {'real':>8} {'copy':>8} {'sh.first':>9} {'sh.again':>9} {'up.first':>9} {'floor':>8} "
+          f"{'copy/real':>10} {'copy/sh.first':>14} {'copy/sh.again':>14} {'copy/up.first':>14} {'copy/floor':>11}")
     for r in results:
-        real, copy, first, again, floor = (r[k]["median_ms"] for k in ("real", "copy", "shared_first", "shared_again", "floor"))
-        print(f"{human(r['size']):>8} {real:8.2f} {copy:8.2f} {first:9.2f} {again:9.3f} {floor:8.2f} "
-              f"{ratio(copy, real):>10} {ratio(copy, first):>14} {ratio(copy, again):>14} {ratio(copy, floor):>11}")
+        keys = ("real", "copy", "shared_first", "shared_again", "upper_wp_first", "floor")
+        real, copy, first, again, upper, floor = (r[k]["median_ms"] for k in keys)
+        print(f"{human(r['size']):>8} {real:8.2f} {copy:8.2f} {first:9.2f} {again:9.3f} {upper:9.3f} {floor:8.2f} "
+              f"{ratio(copy, real):>10} {ratio(copy, first):>14} {ratio(copy, again):>14} {ratio(copy, upper):>14} {ratio(copy, floor):>11}")
     print()
     print("the very first fork of each kind (ms); page tables (kB) and host memory per simulated page (B)")
     print(f"{'size':>8} {'real':>8} {'copy':>8} {'sh.first':>9} {'VmPTE real':>11} {'(buffer)':>9} {'VmPTE sim':>10} "

@@ -22,7 +22,7 @@ from ptsim.checking.oracle import Oracle
 from ptsim.kernel.core import MAPPED
 
 PROTS = st.sampled_from(["", "r", "rw"])
-POLICIES = ("copy", "shared")
+POLICIES = tuple(ptsim.POLICIES)  # "copy", then the sharing policies
 # Where the calls land: (first address, pages, table boundaries in it). On x86_64 the window
 # straddles 1 GiB, so it spans two PMD tables and parts of four PTE tables. Most calls aim near
 # a boundary, so that they meet each other's pages and tables.
@@ -89,19 +89,23 @@ class ThreeWay(RuleBasedStateMachine):
         self.page = a.page_size
         self.oracle = Oracle(a.page_size, a.task_size, a.mmap_min_addr)
         self.base, self.npages, self.boundaries = WINDOWS[self.arch]
-        self.procs = []  # [(copy process, shared process, oracle pid)], the live ones
+        self.procs = []  # the live ones: (one process per policy, in POLICIES order, oracle pid)
 
     @initialize(shared=st.booleans())
     def first_process_maps_the_window(self, shared):
-        self.procs.append((self.machines["copy"].spawn(), self.machines["shared"].spawn(), self.oracle.spawn()))
+        self.procs.append((*(m.spawn() for m in self.machines.values()), self.oracle.spawn()))
         n = self.npages * self.page
         self.play(0, lambda p: p.mmap(self.base, n, "rw", shared), lambda o: self.oracle.mmap(o, self.base, n, "rw", shared))
 
     def play(self, i, kernel_call, oracle_call):
-        cp, sp, op = self.procs[i % len(self.procs)]
-        results = [outcome(lambda: kernel_call(cp)), outcome(lambda: kernel_call(sp)), outcome(lambda: oracle_call(op))]
-        assert results[0] == results[1] == results[2], results
+        *processes, op = self.procs[i % len(self.procs)]
+        results = [outcome(lambda: kernel_call(p)) for p in processes] + [outcome(lambda: oracle_call(op))]
+        assert all(r == results[-1] for r in results), dict(zip((*POLICIES, "oracle"), results))
         return results[0]
+
+    def each_kernel(self, i):
+        """(machine, its process number i) for every policy."""
+        return zip(self.machines.values(), self.procs[i % len(self.procs)][:-1])
 
     def addr(self, page):
         return self.base + page * self.page
@@ -152,8 +156,8 @@ class ThreeWay(RuleBasedStateMachine):
     @precondition(lambda self: len(self.procs) < 6)
     @rule(i=st.integers(0, 7))
     def fork(self, i):
-        cp, sp, op = self.procs[i % len(self.procs)]
-        self.procs.append((cp.fork(), sp.fork(), self.oracle.fork(op)))
+        *processes, op = self.procs[i % len(self.procs)]
+        self.procs.append((*(p.fork() for p in processes), self.oracle.fork(op)))
 
     @rule(i=st.integers(0, 7))
     def exec(self, i):
@@ -174,40 +178,40 @@ class ThreeWay(RuleBasedStateMachine):
 
     @invariant()
     def copy_faults_and_counts_like_the_oracle(self):
-        for cp, sp, op in self.procs:
-            assert cp.minflt == self.oracle.procs[op].minflt
-            assert cp.mm.rss == self.oracle.rss(op)  # in pages: status() rounds to kB
-            assert cp.mm.vm_size() == sp.mm.vm_size() == self.oracle.vm_size(op)
+        for *processes, op in self.procs:
+            assert processes[0].minflt == self.oracle.procs[op].minflt
+            assert processes[0].mm.rss == self.oracle.rss(op)  # in pages: status() rounds to kB
+            assert {p.mm.vm_size() for p in processes} == {self.oracle.vm_size(op)}
 
     def mapped(self):
-        """(process number, vpn) -> frame in each kernel, -> page id in the oracle."""
+        """Per policy, (process number, vpn) -> frame; for the oracle, -> page id."""
         start, end = self.base, self.base + self.npages * self.page
-        copy, shared, oracle = {}, {}, {}
-        for n, (cp, sp, op) in enumerate(self.procs):
-            copy.update(((n, v), f) for v, f in kernel_pages(self.machines["copy"], cp, start, end).items())
-            shared.update(((n, v), f) for v, f in kernel_pages(self.machines["shared"], sp, start, end).items())
+        kernels, oracle = {name: {} for name in POLICIES}, {}
+        for n, (*processes, op) in enumerate(self.procs):
+            for name, p in zip(POLICIES, processes):
+                kernels[name].update(((n, v), f) for v, f in kernel_pages(self.machines[name], p, start, end).items())
             for vpn in range(start // self.page, end // self.page):
                 page = self.oracle.page_of(op, vpn)
                 if page is not None:
                     oracle[n, vpn] = page
-        return copy, shared, oracle
+        return kernels, oracle
 
     @invariant()
     def every_model_shares_the_same_pages(self):
-        copy, shared, oracle = self.mapped()
-        assert copy.keys() == oracle.keys()
-        # Sharing tables maps more at fork (MAP_SHARED and zero pages too), never less.
-        assert oracle.keys() <= shared.keys()
-        assert_same_sharing(copy, oracle)
-        assert_same_sharing(shared, oracle)
+        kernels, oracle = self.mapped()
+        assert kernels["copy"].keys() == oracle.keys()
+        for frames in kernels.values():
+            # Sharing tables maps more at fork (MAP_SHARED and zero pages too), never less.
+            assert oracle.keys() <= frames.keys()
+            assert_same_sharing(frames, oracle)
 
     @invariant()
     def every_model_holds_the_same_bytes(self):
-        copy, shared, oracle = self.mapped()
+        kernels, oracle = self.mapped()
         for (n, vpn), page in oracle.items():
-            mapping = self.oracle.procs[self.procs[n][2]].maps[vpn]
+            mapping = self.oracle.procs[self.procs[n][-1]].maps[vpn]
             expected = bytes(self.page) if mapping.page is None else bytes(mapping.page.data)
-            for name, frames in (("copy", copy), ("shared", shared)):
+            for name, frames in kernels.items():
                 held = self.machines[name].kernel.phys.frame_bytes(frames[n, vpn]).tobytes()
                 assert held == expected, f"{name}: process {n}, page {vpn:#x}"
 
@@ -221,12 +225,11 @@ class ThreeWayWithReclaim(ThreeWay):
     @rule(i=st.integers(0, 7), n=st.integers(0, 1 << 16))
     def swap_out(self, i, n):
         """Page out the n-th page the process maps (in the shared kernel, which maps more)."""
-        cp, sp, _ = self.procs[i % len(self.procs)]
+        sp = self.procs[i % len(self.procs)][POLICIES.index("shared")]
         mapped = sorted(kernel_pages(self.machines["shared"], sp, self.base, self.base + self.npages * self.page))
         if mapped:
-            addr = mapped[n % len(mapped)] * self.page
-            self.machines["copy"].swap_out(cp, addr)
-            self.machines["shared"].swap_out(sp, addr)
+            for machine, p in self.each_kernel(i):
+                machine.swap_out(p, mapped[n % len(mapped)] * self.page)
 
     @precondition(lambda self: len(self.procs) < 6)
     @rule(i=st.integers(0, 7), data=st.binary(min_size=1, max_size=8), child_swaps=st.booleans())
@@ -238,10 +241,10 @@ class ThreeWayWithReclaim(ThreeWay):
         if kind != "ok":
             return
         self.play(i, lambda p: p.write(addr, data), lambda o: self.oracle.write(o, addr, data))
+        parent = i % len(self.procs)
         self.fork(i)
-        cp, sp, _ = self.procs[-1] if child_swaps else self.procs[i % (len(self.procs) - 1)]
-        self.machines["copy"].swap_out(cp, addr)
-        self.machines["shared"].swap_out(sp, addr)
+        for machine, p in self.each_kernel(len(self.procs) - 1 if child_swaps else parent):
+            machine.swap_out(p, addr)
 
     def copy_faults_and_counts_like_the_oracle(self):
         pass

@@ -71,7 +71,7 @@ class Arch:
 
     @property
     def dtype(self):
-        return np.dtype(np.uint64 if self.entry_bytes == 8 else np.uint32)
+        return np.dtype("<u8" if self.entry_bytes == 8 else "<u4")  # x86 is little-endian
 
     @property
     def pfn_mask(self) -> int:

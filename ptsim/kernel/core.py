@@ -23,7 +23,9 @@ from .swap import SwapDevice
 from .trace import Tracer
 
 MAPPED = _PAGE_PRESENT | _PAGE_PROTNONE  # an entry that maps a page (Linux's pte_present)
-GATHER_TABLES = 64  # tables a bulk operation works on at once: 256 KiB on x86_64, cache-sized
+# Tables a bulk pass works on at once (256 KiB on x86_64): small enough that a second pass over
+# them finds them still in the host's cache.
+GATHER_TABLES = 64
 
 
 @dataclass(eq=False)
@@ -89,10 +91,10 @@ class Kernel:
                 yield self.phys.tables[pfns[i] : pfns[min(i + GATHER_TABLES, end) - 1] + 1]
 
     def count_set(self, block: np.ndarray, bits: int) -> int:
-        """How many entries of a block of at most GATHER_TABLES tables have any of `bits` set.
+        """How many entries of a block of tables have any of `bits` set.
 
-        `bits` must lie in the entry's low byte: only that byte of each entry is read into
-        the (eight times smaller) temporary.
+        `bits` must lie in the entry's low byte (entries are little-endian, as on x86): only
+        that byte of each entry goes into the temporary, which is then 8 or 4 times smaller.
         """
         assert bits < 256
         return int(np.count_nonzero(block.view(np.uint8)[:, :: self.arch.entry_bytes] & np.uint8(bits)))

@@ -133,6 +133,7 @@ def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int,
 
 class SharedPolicy(CopyPolicy):
     name = "shared"
+    table_entry = _PAGE_TABLE  # what a sharer's upper entry for a shared table carries
 
     def vma_needs_copy(self, vma: VMA) -> bool:
         # Sharing a table costs one use count whatever it maps: share them all (as 2.4 did).
@@ -145,14 +146,14 @@ class SharedPolicy(CopyPolicy):
         if len(fresh) == 0:
             return
         shared = k.pfns_of(tables[src_pmd, fresh])
-        tables[dst_pmd, fresh] = (shared.astype(tables.dtype) << PFN_SHIFT) | _PAGE_TABLE
+        tables[dst_pmd, fresh] = (shared.astype(tables.dtype) << PFN_SHIFT) | self.table_entry
         mem_map.refcount[shared] += 1
         dst.pgtables_bytes += len(shared) * k.arch.page_size
         k.tracer.count("tables_shared", len(shared))
         bases = pmd_base + fresh * k.arch.pte_span
         first_time = mem_map.refcount[shared] == 2
         if first_time.any():
-            self.wrprotect_for_sharing(k, src, shared[first_time], bases[first_time])
+            self.wrprotect_for_sharing(k, src, src_pmd, fresh[first_time], shared[first_time], bases[first_time])
         if k.tracer.events is not None:
             for t, base in zip(shared, bases):
                 k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
@@ -162,23 +163,19 @@ class SharedPolicy(CopyPolicy):
         # so the child maps exactly the pages and swap entries the parent maps.
         child.rss, child.swapents = parent.rss, parent.swapents
 
-    def wrprotect_for_sharing(self, k, mm: MM, shared, bases) -> None:
+    def wrprotect_for_sharing(self, k, mm: MM, pmd: int, indexes, shared, bases) -> None:
         """Count 1 -> 2: clear RW on every private entry of these tables (ANCHORS rule 2).
 
         MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
         """
-        tables, span, clear_rw = k.phys.tables, k.arch.pte_span, k.arch.clear_bits(_PAGE_RW)
-        inside = _inside_private_vma(mm, bases, span)
+        clear_rw = k.arch.clear_bits(_PAGE_RW)
+        inside = _inside_private_vma(mm, bases, k.arch.pte_span)
         wrprotected = 0
         for rows in k.table_runs(shared[inside]):  # the usual case: inside one private VMA
             wrprotected += k.count_set(rows, _PAGE_RW)
             np.bitwise_and(rows, clear_rw, out=rows)
         for table, base in zip(shared[~inside].tolist(), bases[~inside].tolist()):
-            for vma in mm.vmas_in(base, base + span):
-                if not vma.shared:
-                    a, b = entry_range(k, vma, base)
-                    wrprotected += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
-                    tables[table, a:b] &= clear_rw
+            wrprotected += wrprotect_private_entries(k, mm, table, base)
         k.tracer.count("ptes_wrprotected", wrprotected)
 
     # Phillips' change 2: zap_page_range only drops a shared table's count.
@@ -224,6 +221,50 @@ class SharedPolicy(CopyPolicy):
         return new
 
 
+class UpperWrprotectPolicy(SharedPolicy):
+    """Sharing as Phillips does, write-protected as McCracken (2002) and ODF (2021) do: through
+    the RW bit of every sharer's upper entry, so that fork touches no PTE at all.
+
+    Unsharing then copies writable entries, so it write-protects the private ones in both
+    tables; the last sharer takes its table back by setting RW in its upper entry again.
+    """
+
+    name = "upper_wp"
+    table_entry = _PAGE_TABLE & ~_PAGE_RW
+
+    def wrprotect_for_sharing(self, k, mm: MM, pmd: int, indexes, shared, bases) -> None:
+        k.phys.tables[pmd, indexes] &= k.arch.clear_bits(_PAGE_RW)
+
+    def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
+        table = super().prepare_pte_write(k, mm, slot, addr, func)
+        entry = k.entry(*slot)
+        if not entry & _PAGE_RW:  # the last sharer: its table is its own again
+            k.set_entry(*slot, entry | _PAGE_RW)
+            k.tracer.emit(func, "reuse_table", pid=mm.owner, addr=addr & ~(k.arch.pte_span - 1), table=table)
+        return table
+
+    def unshare(self, k, mm: MM, slot, addr: int, func: str) -> int:
+        old = k.slot_table(slot)
+        new = super().unshare(k, mm, slot, addr, func)
+        base = addr & ~(k.arch.pte_span - 1)
+        wrprotected = wrprotect_private_entries(k, mm, new, base)
+        wrprotect_private_entries(k, mm, old, base)  # the same entries: the same pages
+        k.tracer.count("ptes_wrprotected", wrprotected)
+        return new
+
+
+def wrprotect_private_entries(k: Kernel, mm: MM, table: int, base: int) -> int:
+    """Clear RW on the entries of `table` (mapping from `base`) that lie in private VMAs;
+    return how many were writable."""
+    tables, clear_rw, wrprotected = k.phys.tables, k.arch.clear_bits(_PAGE_RW), 0
+    for vma in mm.vmas_in(base, base + k.arch.pte_span):
+        if not vma.shared:
+            a, b = entry_range(k, vma, base)
+            wrprotected += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
+            tables[table, a:b] &= clear_rw
+    return wrprotected
+
+
 def _inside_private_vma(mm: MM, bases: np.ndarray, span: int) -> np.ndarray:
     """For each table base, whether [base, base + span) lies inside one private VMA."""
     starts = np.array([v.start for v in mm.vmas], dtype=np.int64)
@@ -233,4 +274,4 @@ def _inside_private_vma(mm: MM, bases: np.ndarray, span: int) -> np.ndarray:
     return (i >= 0) & (ends[i] >= bases + span) & private[i]
 
 
-POLICIES = {p.name: p for p in (CopyPolicy(), SharedPolicy())}
+POLICIES = {p.name: p for p in (CopyPolicy(), SharedPolicy(), UpperWrprotectPolicy())}

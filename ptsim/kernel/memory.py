@@ -51,17 +51,20 @@ def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> bool
     slot = k.pmd_slot(mm, addr, alloc=True, func="handle_mm_fault")
     index = arch.index(arch.levels - 1, addr)
     table = k.slot_table(slot)
+    upper = k.entry(*slot)
     if table is None:
         table = k.pte_alloc(mm, slot, addr, "handle_mm_fault")
     else:
         pte = k.entry(table, index)
-        if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
-            # This fault will write the entry: the table must be this mm's own.
+        writable = pte & _PAGE_RW and k.entry(*slot) & _PAGE_RW  # RW is ANDed over the levels
+        if not pte & _PAGE_PRESENT or (write and not writable):
+            # This fault will write the entry, or the table's upper entry forbids the write:
+            # either way the table must be this mm's own.
             table = k.policy.prepare_pte_write(k, mm, slot, addr, "handle_mm_fault")
-    return handle_pte_fault(k, mm, vma, table, index, addr, write)
+    return handle_pte_fault(k, mm, vma, table, index, addr, write, upper_changed=k.entry(*slot) != upper)
 
 
-def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool) -> bool:
+def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool, upper_changed: bool = False) -> bool:
     pte = k.entry(table, index)
     if pte and not pte & MAPPED:
         do_swap_page(k, mm, vma, table, index, addr, write, pte)
@@ -76,6 +79,9 @@ def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: 
         # change_protection), so only private memory comes here: copy-on-write.
         assert not vma.shared
         do_wp_page(k, mm, vma, table, index, addr, pte)
+    elif upper_changed:
+        # Only the upper entry forbade the access; unsharing or reusing the table fixed it.
+        k.tracer.count("fault_upper_wp")
     else:
         # The entry already allows the access: a stale TLB entry faulted. The fault dropped it.
         k.tracer.count("fault_spurious")

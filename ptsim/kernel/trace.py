@@ -30,6 +30,7 @@ COUNTERS = (
     "fault_wp_copy",
     "fault_wp_reuse",
     "fault_spurious",  # the entry already allowed the access (stale TLB)
+    "fault_upper_wp",  # a write only a read-only upper entry forbade (policy upper_wp)
     "fault_swapin",  # a major fault: a page read back from swap
 )
 
