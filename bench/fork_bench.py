@@ -1,6 +1,6 @@
-"""How long fork takes: this machine's kernel, ptsim's two fork policies, and a numpy floor.
+"""How long fork takes: this machine's kernel, ptsim's fork policies, and a numpy floor.
 
-For each size of private anonymous memory, with every 4 KiB page written, five figures are
+For each size of private anonymous memory, with every 4 KiB page written, six figures are
 measured side by side in one run, each the median of `--repeat` forks:
 
   real          os.fork() of this Python process holding a real buffer of that size
