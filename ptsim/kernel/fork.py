@@ -3,7 +3,9 @@
 `CopyPolicy` is classic fork: every last-level table is copied entry by entry, and private
 writable entries are write-protected in parent and child for copy-on-write.
 
-`SharedPolicy` is Daniel Phillips' 2002 design, and overrides exactly his three changes:
+`SharedPolicy` is Daniel Phillips' 2002 design. It overrides his three changes, plus two
+one-line consequences (every VMA's tables are shared, `vma_needs_copy`, so the child maps what
+the parent maps, `account_child`):
 
 1. `copy_pte_tables` (in copy_page_range): point the child's upper entry at the parent's table
    and raise its use count. When a count goes 1 -> 2, write-protect the table's private
@@ -14,9 +16,9 @@ writable entries are write-protected in parent and child for copy-on-write.
    shared table is unshared: copy it, entries and all, into a table of this mm's own, then
    drop one use count of the old. The last sharer, count 1, keeps the table as it is.
 
-A policy that write-protects a shared table through its upper entry instead (McCracken 2002,
-ODF 2021) would override `wrprotect_for_sharing` and the RW bit given to upper entries in
-`share_tables` and `unshare`: the rest stands as it is.
+`UpperWrprotectPolicy` shares as Phillips does but write-protects a shared table through the
+RW bit of each sharer's upper entry (McCracken 2002, ODF 2021): it overrides the upper entry
+a sharer gets (`table_entry`), `wrprotect_for_sharing`, `prepare_pte_write` and `unshare`.
 """
 
 from __future__ import annotations
