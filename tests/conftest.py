@@ -1,0 +1,10 @@
+"""Hypothesis profiles. By default every run plays the same examples (derandomized), so that
+`make test` and CI agree; `HYPOTHESIS_PROFILE=explore make test` draws new ones each run."""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
