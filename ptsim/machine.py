@@ -20,7 +20,7 @@ from .checking.invariants import check
 from .hardware import ARCHES
 from .kernel import POLICIES, Kernel, Task
 from .kernel import syscalls as sys
-from .kernel.swap import try_to_swap_out
+from .kernel.vmscan import try_to_swap_out
 
 
 class Machine:

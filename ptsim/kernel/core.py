@@ -215,7 +215,8 @@ class Kernel:
         `frames_bound` is the most frames the operation can allocate. With that many free it
         cannot run out and runs as is; otherwise the state it can touch is saved first, and
         an OutOfMemory puts it all back before it propagates: frame metadata, the tables of
-        `mm` in the range, its counters, VMAs and shmem page caches, the counters and trace.
+        `mm` in the range, its VMAs, every mm's and task's counters, shmem page caches, swap,
+        the kernel's counters and trace.
         The TLB entries of `mm` are flushed, which only costs the next accesses a walk.
         """
         if self.mem_map.nr_free >= frames_bound:

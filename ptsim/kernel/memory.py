@@ -56,7 +56,7 @@ def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> bool
         table = k.pte_alloc(mm, slot, addr, "handle_mm_fault")
     else:
         pte = k.entry(table, index)
-        writable = pte & _PAGE_RW and k.entry(*slot) & _PAGE_RW  # RW is ANDed over the levels
+        writable = pte & _PAGE_RW and upper & _PAGE_RW  # RW is ANDed over the levels
         if not pte & _PAGE_PRESENT or (write and not writable):
             # This fault will write the entry, or the table's upper entry forbids the write:
             # either way the table must be this mm's own.
@@ -64,7 +64,7 @@ def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> bool
     return handle_pte_fault(k, mm, vma, table, index, addr, write, upper_changed=k.entry(*slot) != upper)
 
 
-def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool, upper_changed: bool = False) -> bool:
+def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool, upper_changed: bool) -> bool:
     pte = k.entry(table, index)
     if pte and not pte & MAPPED:
         do_swap_page(k, mm, vma, table, index, addr, write, pte)
