@@ -1,0 +1,383 @@
+"""ptsim.draw: the graph is checked against what the machine says (mem_map, p.translate, the
+entries as `follow_pte` reads them), never against a hand-drawn answer; the figures are
+checked to build on every geometry, to outline what the events name, and to refuse bad input."""
+
+import io
+import time
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+import ptsim
+from ptsim.draw import (
+    address_spaces,
+    before_after,
+    event_table,
+    page_tables,
+    physical_memory,
+    style,
+    table_graph,
+)
+from ptsim.draw.strips import OWNERS, SHARED, SHARED_TABLE, TABLE, frame_owners
+from ptsim.draw.tables import _boxes, _mark
+from ptsim.hardware.arch import _PAGE_RW
+from ptsim.kernel.page import PG_PGTABLE
+
+matplotlib.use("Agg")
+
+RAM = {"x86_64": 16 << 20, "i386": 16 << 20, "toy": 64 * 64}
+
+
+def scenario(policy="shared", arch="toy", pages=6):
+    """A parent that has written `pages` pages of one private region, then forked."""
+    m = ptsim.Machine(arch=arch, policy=policy, ram=RAM[arch])
+    p = m.spawn()
+    size = m.arch.page_size
+    a = p.mmap(None, pages * size, "rw")
+    for i in range(pages):
+        p.write(a + i * size, b"page %d" % i)
+    return m, p, a
+
+
+def tables_of(g, pid):
+    return {n for n, d in g.nodes(data=True) if d["kind"] == "table" and pid in d["sharers"]}
+
+
+def leaf_table(m, p, addr):
+    """The last-level table that maps `addr` for `p`, as the kernel finds it."""
+    k = m.kernel
+    return k.slot_table(k.pmd_slot(p.mm, addr))
+
+
+# -- the graph against the machine ------------------------------------------------------------
+
+
+def test_graph_agrees_with_mem_map_and_translate():
+    m, p, a = scenario("copy", pages=5)
+    c = p.fork()
+    c.write(a, b"child")
+    g = table_graph(m)
+    k = m.kernel
+    assert {n[1] for n, d in g.nodes(data=True) if d["kind"] == "table"} == set(np.flatnonzero(k.mem_map.kind == PG_PGTABLE).tolist())
+    for n, d in g.nodes(data=True):
+        if d["kind"] == "table":
+            assert d["use_count"] == k.mem_map.refcount[n[1]]
+        elif d["kind"] in ("anon", "shmem"):
+            assert (d["mapcount"], d["refcount"]) == (k.mem_map.mapcount[n[1]], k.mem_map.refcount[n[1]])
+    size = m.arch.page_size
+    for proc in (p, c):
+        for i in range(5):
+            addr = a + i * size
+            frame = ("frame", proc.translate(addr) // size)
+            edges = [e for t in tables_of(g, proc.pid) for e in [g.get_edge_data(t, frame)] if e and e["start"] == addr]
+            assert len(edges) == 1, (proc, i)
+            entry = k.follow_pte(proc.mm, addr)
+            assert edges[0]["entry"] == entry and edges[0]["rw"] == bool(entry & _PAGE_RW)
+
+
+def test_shared_fork_gives_one_table_with_two_sharers_and_write_protected_entries():
+    m, p, a = scenario("shared")
+    c = p.fork()
+    g = table_graph(m)
+    table = ("table", leaf_table(m, p, a))
+    assert leaf_table(m, c, a) == table[1]
+    node = g.nodes[table]
+    assert node["use_count"] == m.kernel.mem_map.refcount[table[1]] == 2
+    assert node["sharers"] == (p.pid, c.pid)
+    entries = [d for _, _, d in g.out_edges(table, data=True)]
+    assert len(entries) == 6
+    assert all(not d["rw"] and d["cow"] for d in entries)
+    assert all(not m.kernel.follow_pte(p.mm, d["start"]) & _PAGE_RW for d in entries)
+
+
+def test_child_write_after_shared_fork_shows_an_unshared_copy():
+    m, p, a = scenario("shared")
+    c = p.fork()
+    c.write(a, b"child")
+    g = table_graph(m)
+    mine, theirs = ("table", leaf_table(m, c, a)), ("table", leaf_table(m, p, a))
+    assert mine != theirs
+    assert g.nodes[mine]["sharers"] == (c.pid,) and g.nodes[theirs]["sharers"] == (p.pid,)
+    assert g.nodes[mine]["use_count"] == g.nodes[theirs]["use_count"] == 1
+    size = m.arch.page_size
+    new, old = ("frame", c.translate(a) // size), ("frame", p.translate(a) // size)
+    assert new != old
+    assert g.edges[mine, new]["rw"] and not g.edges[theirs, old]["rw"]
+    # The other pages: one frame each, now mapped by two entries, read-only in both tables.
+    other = ("frame", p.translate(a + size) // size)
+    assert g.nodes[other]["mapcount"] == 2 and g.nodes[other]["mappers"] == (p.pid, c.pid)
+    assert g.edges[mine, other]["cow"] and g.edges[theirs, other]["cow"]
+
+
+def test_sibling_case_one_table_use_count_two_between_the_children():
+    """Phillips: the table "could just as easily have been shared by a sibling of the child"."""
+    m, p, a = scenario("shared")
+    c1, c2 = p.fork(), p.fork()
+    assert table_graph(m).nodes[("table", leaf_table(m, p, a))]["use_count"] == 3
+    p.write(a, b"parent")  # the parent takes a copy of its own; the children keep the table
+    g = table_graph(m)
+    kept = ("table", leaf_table(m, c1, a))
+    assert kept[1] == leaf_table(m, c2, a) != leaf_table(m, p, a)
+    assert g.nodes[kept]["use_count"] == 2 and g.nodes[kept]["sharers"] == (c1.pid, c2.pid)
+    assert g.nodes[("table", leaf_table(m, p, a))]["sharers"] == (p.pid,)
+
+
+def test_copy_policy_shares_no_table():
+    m, p, a = scenario("copy")
+    p.fork()
+    p.fork()
+    g = table_graph(m)
+    assert all(d["use_count"] == 1 and len(d["sharers"]) == 1 for _, d in g.nodes(data=True) if d["kind"] == "table")
+    frame = ("frame", p.translate(a) // m.arch.page_size)
+    assert g.in_degree(frame) == 3 == g.nodes[frame]["mapcount"]
+
+
+def test_upper_wp_write_protects_through_the_upper_entry():
+    m, p, a = scenario("upper_wp")
+    c = p.fork()
+    g = table_graph(m)
+    table = ("table", leaf_table(m, p, a))
+    uppers = [d for _, _, d in g.in_edges(table, data=True)]
+    assert len(uppers) == 2 and all(not d["rw"] and d["cow"] for d in uppers)
+    assert g.nodes[table]["sharers"] == (p.pid, c.pid)
+
+
+def test_zero_page_and_read_only_entries_are_not_copy_on_write():
+    m, p, _ = scenario("copy", pages=2)
+    size = m.arch.page_size
+    b = p.mmap(None, 3 * size, "rw")
+    p.read(b, 1)
+    p.read(b + 2 * size, 1)
+    r = p.mmap(None, size, "r")
+    p.read(r, 1)
+    g = table_graph(m)
+    zero = [d for _, v, d in g.edges(data=True) if v == ("frame", 1)]
+    assert sum(len(d["indexes"]) for d in zero) == 3
+    assert g.nodes[("frame", 1)]["kind"] == "zero"
+    ro = [d for _, _, d in g.edges(data=True) if d.get("start") == r]
+    assert len(ro) == 1 and not ro[0]["rw"] and not ro[0]["cow"]
+
+
+def test_subset_of_processes_lists_only_them_as_sharers():
+    m, p, a = scenario("shared")
+    c = p.fork()
+    g = table_graph(m, c)
+    assert g.graph["pids"] == (c.pid,)
+    node = g.nodes[("table", leaf_table(m, c, a))]
+    assert node["sharers"] == (c.pid,) and node["use_count"] == 2
+    assert table_graph(m, [c.pid, p]).graph["pids"] == (p.pid, c.pid)
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("arch", ["toy", "x86_64", "i386"])
+@pytest.mark.parametrize("policy", ["copy", "shared", "upper_wp"])
+def test_every_picture_builds_on_every_geometry(arch, policy):
+    m, p, a = scenario(policy, arch, pages=8)
+    s = p.mmap(None, 2 * m.arch.page_size, "rw", shared=True)
+    p.write(s, b"shm")
+    c = p.fork()
+    c.write(a, b"c")
+    m.swap_out(p, a + 3 * m.arch.page_size)
+    figs = [page_tables(m), page_tables(m, c, collapse=True), address_spaces(m), physical_memory(m)]
+    fig, events = before_after(m, lambda: p.write(a + m.arch.page_size, b"p"))
+    figs.append(fig)
+    assert events
+    for f in figs:
+        assert isinstance(f, Figure)
+        assert _png(f)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_state_same_picture():
+    m, p, _ = scenario("shared")
+    p.fork()
+    for draw in (page_tables, address_spaces, physical_memory):
+        assert _png(draw(m)) == _png(draw(m))
+
+
+def test_draws_into_the_callers_axes_and_leaves_pyplot_alone():
+    import matplotlib.pyplot as plt
+
+    m, _, _ = scenario()
+    before = plt.get_fignums()
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert page_tables(m, ax=ax) is fig
+    assert address_spaces(m, ax=ax) is fig
+    assert isinstance(page_tables(m), Figure)
+    assert plt.get_fignums() == before
+
+
+def _highlighted_boxes(m, events):
+    g = table_graph(m)
+    rows = _boxes(g, m.arch, False)
+    _mark(g, m.arch, rows, events)
+    return {b.key for row in rows for b in row if b.highlight}, {(b.key, c.lo) for row in rows for b in row for c in b.cells if c.highlight}
+
+
+def test_highlight_outlines_the_tables_frames_and_entry_the_events_name():
+    m, p, a = scenario("shared")
+    c = p.fork()
+    with m.trace() as events:
+        c.write(a, b"child")
+    boxes, cells = _highlighted_boxes(m, events)
+    unshare = next(e for e in events if e.action == "unshare_table")
+    copy = next(e for e in events if e.action == "copy_page")
+    assert ("table", unshare.table) in boxes and ("table", unshare.frame) in boxes
+    assert ("frame", copy.frame) in boxes and ("frame", copy.detail["from"]) in boxes
+    index = m.arch.index(m.arch.levels - 1, a)
+    assert (("table", leaf_table(m, c, a)), index) in cells  # the entry do_wp_page rewrote
+    assert (("table", leaf_table(m, p, a)), index) not in cells  # the parent's is untouched
+    named = {e.table for e in events if e.table is not None} | {e.frame for e in events if e.frame is not None} | {copy.detail["from"]}
+    assert {key[1] for key in boxes} == named
+    fig = page_tables(m, highlight=events)
+    outlines = [r for r in fig.axes[0].patches if isinstance(r, Rectangle) and r.get_edgecolor()[:3] == matplotlib.colors.to_rgb(style.HIGHLIGHT)]
+    assert len(outlines) == len(boxes) + len(cells)
+
+
+def test_before_after_shows_a_forks_child_only_after():
+    m, p, _ = scenario("shared")
+    fig, events = before_after(m, p.fork, processes=[p])
+    assert len(fig.axes) == 2 and all(isinstance(ax, Axes) for ax in fig.axes)
+    child = next(e.pid for e in events if e.action == "share_table")
+    titles = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("pid")]
+    assert titles.count(f"pid {p.pid}") == 2 and titles.count(f"pid {child}") == 1
+
+
+def test_event_table_lists_every_event():
+    m, p, a = scenario("shared")
+    c = p.fork()
+    with m.trace() as events:
+        c.write(a, b"x")
+    lines = event_table(events).splitlines()
+    assert lines[0].split() == ["func", "action", "pid", "addr", "level", "table", "frame", "count", "detail"]
+    assert len(lines) == len(events) + 1
+    copy = next(e for e in events if e.action == "copy_page")
+    line = next(line for line in lines if "copy_page" in line)
+    assert f"{copy.addr:#x}" in line and str(copy.frame) in line and f"from={copy.detail['from']}" in line
+    assert event_table([]).splitlines()[0].startswith("func")
+
+
+def test_physical_memory_owners_agree_with_the_machine():
+    m, p, a = scenario("copy")
+    c = p.fork()
+    c.write(a, b"c")
+    codes, pids = frame_owners(m)
+    size, k = m.arch.page_size, m.kernel
+    assert codes[c.translate(a) // size] == OWNERS + pids.index(c.pid)
+    assert codes[p.translate(a) // size] == OWNERS + pids.index(p.pid)
+    assert codes[p.translate(a + size) // size] == SHARED
+    assert set(np.flatnonzero((codes == TABLE) | (codes == SHARED_TABLE)).tolist()) == set(np.flatnonzero(k.mem_map.kind == PG_PGTABLE).tolist())
+    m2, p2, a2 = scenario("shared")
+    p2.fork()
+    codes2, _ = frame_owners(m2)
+    assert codes2[leaf_table(m2, p2, a2)] == SHARED_TABLE
+
+
+def test_bad_arguments_raise_value_error():
+    m, p, _ = scenario()
+    _, q, _ = scenario()
+    dead = p.fork()
+    dead.exit()
+    for bad in ("1", 99, [p, 99], q, [dead], [], 1.5, [None], True):
+        with pytest.raises(ValueError, match="processes"):
+            table_graph(m, bad)
+        with pytest.raises(ValueError, match="processes"):
+            page_tables(m, bad)
+        with pytest.raises(ValueError, match="processes"):
+            address_spaces(m, bad)
+    for draw in (table_graph, page_tables, address_spaces, physical_memory):
+        with pytest.raises(ValueError, match="machine"):
+            draw("not a machine")
+    with pytest.raises(ValueError, match="ax"):
+        page_tables(m, ax="axes")
+    with pytest.raises(ValueError, match="collapse"):
+        page_tables(m, collapse="yes")
+    with pytest.raises(ValueError, match="highlight"):
+        page_tables(m, highlight=[1, 2])
+    with pytest.raises(ValueError, match="call"):
+        before_after(m, "p.fork()")
+    with pytest.raises(ValueError, match="events"):
+        event_table("events")
+    free = m.free_frames
+    with pytest.raises(ValueError):
+        before_after(m, p.fork, processes=[99])
+    assert m.free_frames == free  # refused before the call ran
+
+
+def test_drawing_is_fast_enough():
+    m, p, a = scenario("shared")
+    p.fork()
+    start = time.perf_counter()
+    _png(page_tables(m))
+    toy = time.perf_counter() - start
+    m = ptsim.Machine(arch="x86_64", policy="copy", ram=64 << 20)
+    p = m.spawn()
+    a = p.mmap(None, 2 << 20, "rw")
+    for i in range(0, 2 << 20, 4096):
+        p.write(a + i, b"x")
+    c = p.fork()
+    c.fork()
+    c.write(a, b"y")
+    start = time.perf_counter()
+    _png(page_tables(m))
+    big = time.perf_counter() - start
+    # Targets are 0.3 s and 1 s; the bounds leave room for a loaded machine.
+    assert toy < 1.0 and big < 3.0, (toy, big)
+
+
+def test_collapsed_x86_groups_alike_tables_and_splits_the_one_unshared():
+    m = ptsim.Machine(arch="x86_64", policy="shared", ram=64 << 20)
+    p = m.spawn()
+    span, size = m.arch.pte_span, m.arch.page_size
+    a = p.mmap(64 * span, 4 * span, "rw")
+    for i in range(0, 4 * span, size):
+        p.write(a + i, b"x")
+    c = p.fork()
+    leaves = tuple(leaf_table(m, p, a + i * span) for i in range(4))
+    rows = _boxes(table_graph(m), m.arch, True)
+    keys = {b.key for row in rows for b in row}
+    assert ("tables", leaves) in keys
+    assert ("frames", tuple(p.translate(a + i) // size for i in range(0, 4 * span, size))) in keys
+    c.write(a + 2 * span, b"y")  # the child unshares the third table: the group splits around it
+    rows = _boxes(table_graph(m), m.arch, True)
+    keys = {b.key for row in rows for b in row}
+    assert ("tables", leaves[:2]) in keys and ("table", leaves[2]) in keys and ("table", leaf_table(m, c, a + 2 * span)) in keys
+    assert not any(k[0] == "tables" and leaves[2] in k[1] for k in keys)
+
+
+def test_prot_none_entries_are_cells_of_their_own():
+    m, p, a = scenario("copy", pages=4)
+    p.mprotect(a, 2 * m.arch.page_size, "")
+    g = table_graph(m)
+    table = ("table", leaf_table(m, p, a))
+    cells = next(b for row in _boxes(g, m.arch, False) for b in row if b.key == table).cells
+    index = m.arch.index(m.arch.levels - 1, a)
+    assert [c.state for c in cells[index : index + 4]] == ["none", "none", "page", "page"]
+    edge = next(d for _, _, d in g.out_edges(table, data=True) if d["start"] == a)
+    assert edge["protnone"] and not edge["present"] and not edge["cow"]
+
+
+def test_address_space_strip_reads_the_entries_the_kernel_follows():
+    from ptsim.draw.strips import _ptes
+
+    m = ptsim.Machine(arch="toy", policy="shared", ram=RAM["toy"])
+    p = m.spawn()
+    size, span = m.arch.page_size, m.arch.pte_span
+    a = p.mmap(span - 2 * size, 5 * size, "rw")  # across a table boundary
+    for i in (0, 1, 3):
+        p.write(a + i * size, b"x")
+    p.fork()
+    entries = _ptes(m.kernel, p.mm, a, a + 5 * size)
+    assert entries.tolist() == [m.kernel.follow_pte(p.mm, a + i * size) for i in range(5)]

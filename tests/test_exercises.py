@@ -1,0 +1,416 @@
+"""Exercises, challenges and the seeded quiz: every computed answer is held to an independent
+fact of the machine (a translation, a fault count, who points at a table), never to itself."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ptsim
+from ptsim.exercises import (
+    FAULT_KINDS,
+    Challenge,
+    Exercise,
+    observe,
+    list_tables,
+    shared_without_parent,
+    status_is,
+    table_pages,
+    use_count,
+    use_count_is,
+)
+from ptsim.hardware.arch import _PAGE_RW
+from ptsim.kernel import COUNTERS
+from ptsim.kernel.page import ZERO_PFN
+from ptsim.quiz import TOPICS, main, quiz
+
+TOY = dict(arch="toy", ram=1 << 14)
+PAGE = ptsim.ARCHES["toy"].page_size
+SPAN = ptsim.ARCHES["toy"].pte_span
+
+
+def toy(policy="shared"):
+    return ptsim.Machine(policy=policy, **TOY)
+
+
+def leaf_table(p, addr):
+    """The frame of the last-level table `p` reaches for `addr`, read from its upper entry."""
+    k = p.machine.kernel
+    return k.slot_table(k.pmd_slot(p.mm, addr))
+
+
+def live(ns):
+    return [v for v in ns.values() if isinstance(v, ptsim.Process) and not v.exited]
+
+
+def tables_held(m, processes):
+    """Page-table pages held, from the counters: what was allocated and not freed, plus a root
+    for each live process (roots are not counted as allocations)."""
+    c = m.counters
+    return c.get("tables_allocated", 0) - c.get("tables_freed", 0) + len(processes)
+
+
+def child_writes_page_3(policy="shared"):
+    m = toy(policy)
+    p = m.spawn()
+    a = p.mmap(addr=2 * SPAN, length=SPAN)
+    for i in range(8):
+        p.write(a + i * PAGE, b"x")
+    c = p.fork()
+    c.write(a + 3 * PAGE, b"y")
+    return m
+
+
+def three_sharers(policy="shared"):
+    m = toy(policy)
+    p = m.spawn()
+    a = p.mmap(addr=2 * SPAN, length=SPAN)
+    p.write(a, b"x")
+    return m, p, p.fork(), p.fork(), a
+
+
+# -- Exercise --------------------------------------------------------------------------------
+
+
+def test_exercise_answer_is_the_machines_table_count():
+    ex = Exercise("How many page-table pages does the machine hold?", child_writes_page_3, table_pages)
+    m = ex.state
+    assert ex.answer == tables_held(m, [t for t in m.kernel.tasks.values() if not t.exited])
+    assert ex.answer == len(list_tables(m))
+    assert ex.check(ex.answer) and not ex.check(ex.answer + 1)
+
+
+def test_diagnose_recognises_the_answer_of_classic_fork():
+    def sharers(policy="shared"):
+        m, p, c1, c2, a = three_sharers(policy)
+        return p, a
+
+    ex = Exercise(
+        "What is the use count of p's table?",
+        sharers,
+        lambda s: use_count(*s),
+        diagnose=lambda s, answer, given: "that is classic fork: each child got its own copy" if given == use_count(*sharers("copy")) else None,
+        hint="count the upper entries",
+    )
+    p, a = ex.state
+    frames = [leaf_table(ptsim.Process(p.machine, t), a) for t in p.machine.kernel.tasks.values()]
+    assert ex.answer == frames.count(leaf_table(p, a)) == 3
+    assert str(ex.check(1)) == "Not 1: that is classic fork: each child got its own copy"
+    assert str(ex.check(2)) == "Not 2. Hint: count the upper entries"
+    assert str(ex.check(3)) == "Right: 3."
+
+
+def test_answers_are_normalised_and_bools_are_not_answers():
+    ex = Exercise("?", child_writes_page_3, table_pages, show=hex)
+    n = ex.answer
+    for given in (n, np.int64(n), hex(n), f"  {n} ", str(n)):
+        assert ex.check(given), given
+    for given in (True, None, 6.0, ""):
+        assert str(ex.check(given)).startswith("Not an answer")
+    assert not ex.check([n])
+    assert str(ex.check(n)) == f"Right: {hex(n)}."
+
+
+def test_choices_accept_the_letter_or_the_text():
+    def fewer_frames():
+        free = {policy: three_sharers(policy)[0].free_frames for policy in ("copy", "shared")}
+        return free
+
+    ex = Exercise("Which policy leaves more frames free?", fewer_frames, lambda free: max(free, key=free.get), choices=("copy", "shared"))
+    assert ex.state["shared"] > ex.state["copy"]  # sharing saves the children's tables
+    assert ex.answer == "shared"
+    assert ex.check("b") and ex.check(" Shared") and not ex.check("a") and not ex.check("c")
+    assert str(ex) == "Which policy leaves more frames free?\n  (a) copy\n  (b) shared"
+
+
+def test_list_answers_say_which_items_are_wrong():
+    ex = Exercise("?", lambda: None, lambda s: ("zero", "anon", "wp_copy"))
+    assert ex.check(["ZERO", "anon", "wp_copy"])
+    assert str(ex.check(["zero", "zero", "zero"])) == "Not [zero, zero, zero]: items 2, 3 are not right."
+    assert str(ex.check(["zero"])) == "Not [zero]: give a list of 3 answers, one per item, in order."
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=3), "prompt"),
+        (dict(scenario="m"), "scenario"),
+        (dict(question=lambda s: True), "question"),
+        (dict(question=lambda s: None), "question"),
+        (dict(choices=("a", "a")), "choices"),
+        (dict(choices=("copy", "shared")), "question"),  # 6 is not a choice
+        (dict(explain=3), "explain"),
+        (dict(hint=None), "hint"),
+    ],
+)
+def test_bad_exercise_definitions_raise_value_error_naming_the_argument(kwargs, message):
+    args = dict(prompt="?", scenario=child_writes_page_3, question=table_pages) | kwargs
+    with pytest.raises(ValueError, match=message):
+        Exercise(args.pop("prompt"), args.pop("scenario"), args.pop("question"), **args)
+
+
+# -- Challenge -------------------------------------------------------------------------------
+
+
+def test_use_count_goal_is_met_by_three_sharers_only():
+    ch = Challenge("Make a table with use count 3.", use_count_is(3))
+    m, p, c1, c2, a = three_sharers()
+    assert [leaf_table(q, a) for q in (p, c1, c2)].count(leaf_table(p, a)) == 3
+    verdict = ch.check(m)
+    assert verdict and f"frame {leaf_table(p, a):#x} has use count 3: pids 1, 2, 3" in str(verdict)
+    c2.exit()
+    assert str(ch.check(p)) == f"Not yet: no page-table page has use count 3; the highest is 2 (frame {leaf_table(p, a):#x}, pids 1, 2)."
+
+
+def test_sibling_goal_needs_the_parent_to_have_unshared():
+    ch = Challenge("Make a table shared by two siblings but not their parent.", shared_without_parent())
+    m, p, c1, c2, a = three_sharers()
+    assert not ch.check(p, c1, c2)
+    p.write(a, b"p")  # the parent unshares; the children still share the old table
+    assert leaf_table(c1, a) == leaf_table(c2, a) != leaf_table(p, a)
+    assert ch.check(p, c1, c2)
+    assert not ch.check(c1, p, c2)
+
+
+def test_status_goal_reads_vmpte():
+    m = ptsim.Machine(arch="x86_64", policy="shared", ram=8 << 20)
+    p = m.spawn()
+    a = p.mmap(length=4 << 20)  # two last-level tables' worth
+    p.write(a, b"x")
+    p.write(a + (2 << 20), b"x")
+    c = p.fork()
+    kb = 4 * len([t for t in list_tables(c) if t.level > 0])  # every table below the root, 4 kB each
+    assert Challenge("VmPTE", status_is("VmPTE", kb)).check(c)
+    assert str(Challenge("VmPTE", status_is("VmPTE", kb + 4)).check(c)) == f"Not yet: pid {c.pid} has VmPTE {kb} kB, not {kb + 4} kB."
+
+
+def test_challenge_turns_student_slips_into_verdicts():
+    ch = Challenge("?", use_count_is(2))
+    m, p, c1, c2, a = three_sharers()
+    other = toy().spawn()
+    assert str(ch.check(3)) == "Not an answer: 3. Pass the ptsim machine or processes you built."
+    assert str(ch.check(object())) == "Not an answer: a object. Pass the ptsim machine or processes you built."
+    assert str(Exercise("?", lambda: None, lambda s: 1).check(m)) == "Not an answer: a Machine. Answer with a number (12 or 0xc), a word, or a list of them."
+    assert str(ch.check(m, p)) == "Not an answer: check takes 1 object(s): machine."
+    assert "different machines" in str(Challenge("?", shared_without_parent()).check(p, c1, other))
+    assert str(Challenge("?", status_is("VmRSS", 0)).check(m)) == "Not yet: pass the process as a process, not Machine."
+    c2.exit()
+    assert str(Challenge("?", status_is("VmRSS", 0)).check(c2)) == f"Not yet: process {c2.pid} has exited."
+
+
+@pytest.mark.parametrize("factory, args", [(use_count_is, (0,)), (use_count_is, (True,)), (status_is, ("VmFoo", 1)), (status_is, ("VmPTE", -1))])
+def test_bad_goals_raise_value_error(factory, args):
+    with pytest.raises(ValueError):
+        factory(*args)
+
+
+# -- inspectors ------------------------------------------------------------------------------
+
+
+def test_list_tables_use_counts_equal_the_pointers_to_each_table():
+    m, p, c1, c2, a = three_sharers()
+    c1.write(a + PAGE, b"1")
+    c3 = c2.fork()
+    c2.exit()
+    tables = list_tables(m)
+    processes = [p, c1, c3]
+    for t in tables:
+        assert t.use_count == len(t.pids)
+        if t.level == m.arch.levels - 1:
+            assert t.pids == tuple(q.pid for q in processes if leaf_table(q, a) == t.frame)
+    assert table_pages(m) == len(tables) == tables_held(m, processes)
+    assert use_count(c3, a) == 2 and use_count(c1, a) == 1 and use_count(p, 0x40) == 0
+    m.check()
+
+
+def test_inspectors_reject_bad_input():
+    m, p, c1, c2, a = three_sharers()
+    for call in (lambda: use_count(m, a), lambda: use_count(p, -1), lambda: use_count(p, True), lambda: table_pages(p), lambda: list_tables(3)):
+        with pytest.raises(ValueError):
+            call()
+    c2.exit()
+    with pytest.raises(ptsim.ProcessExited):
+        list_tables(c2)
+
+
+def test_fault_kinds_cover_every_fault_counter():
+    assert set(FAULT_KINDS) == {"none", "unshare"} | {c.removeprefix("fault_") for c in COUNTERS if c.startswith("fault_")}
+
+
+@pytest.mark.parametrize("policy", ["copy", "shared"])
+def test_observe_reports_the_fault_the_tables_show(policy):
+    m = toy(policy)
+    p = m.spawn()
+    a = p.mmap(addr=2 * SPAN, length=SPAN)
+    zero_page = ZERO_PFN * PAGE
+    assert observe(m, lambda: p.read(a, 1)).kind == "zero" and p.translate(a) == zero_page
+    assert observe(m, lambda: p.read(a, 1)).kind == "none"
+    assert observe(m, lambda: p.write(a, b"x")).kind == "wp_copy" and p.translate(a) != zero_page
+    assert observe(m, lambda: p.write(a + PAGE, b"x")).kind == "anon"
+    c = p.fork()
+    frame, table = c.translate(a), leaf_table(c, a)
+    seen = observe(m, lambda: c.write(a, b"c"))
+    assert seen.kind == ("unshare+wp_copy" if policy == "shared" else "wp_copy")
+    assert c.translate(a) != frame and (leaf_table(c, a) != table) == (policy == "shared")
+    frame = p.translate(a)
+    minflt = p.minflt
+    assert observe(m, lambda: p.write(a, b"p")).kind == "wp_reuse" and p.translate(a) == frame
+    assert p.minflt == minflt + 1
+    assert ("handle_mm_fault unshare_table" in seen.steps()) == (policy == "shared")
+    assert observe(m, lambda: None).steps() == "nothing"
+
+
+# -- quiz ------------------------------------------------------------------------------------
+
+SEEDS = range(12)
+
+
+def script(problem):
+    """The scenario lines the question shows, run by the test itself."""
+    text = str(problem)
+    lines = []
+    for line in text.splitlines():
+        if not re.match(r"^(m = |[a-z]\w* = \w+\.|\w+\.\w+\()", line):
+            break
+        lines.append(line)
+    ns = {"ptsim": ptsim}
+    exec("\n".join(lines), ns)
+    return ns, text
+
+
+@pytest.mark.parametrize("topic", sorted(TOPICS))
+def test_same_seed_gives_the_same_problems(topic):
+    first, again = quiz(topic, 3, 3), quiz(topic, 3, 3)
+    assert [str(p) for p in first] == [str(p) for p in again]
+    assert [p.explain() for p in first] == [p.explain() for p in again]
+    assert len({str(p) for s in SEEDS for p in quiz(topic, s, 1)}) > len(SEEDS) // 2
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_translate_answer_is_what_the_kernel_and_the_fault_handler_see(seed):
+    for problem in quiz("translate", seed, 3):
+        ns, text = script(problem)
+        op, va = re.search(r"Q: p (reads|writes) the byte at (0x[0-9a-f]+)", text).groups()
+        p, va = ns["p"], int(va, 16)
+        if op == "reads":
+            assert problem.answer == (p.translate(va) if p.translate(va) is not None else "fault")
+        else:
+            before = p.minflt
+            try:
+                p.write(va, b"?")
+            except ptsim.SegmentationFault:
+                assert problem.answer == "fault"
+                continue
+            faulted = p.minflt == before + 1
+            assert (problem.answer == "fault") == faulted
+            if not faulted:
+                assert problem.answer == p.translate(va)
+        assert problem.check(problem.answer)
+
+
+def test_translate_diagnoses_a_dropped_offset_and_4k_pages():
+    problem = next(p for s in SEEDS for p in quiz("translate", s, 3) if p.answer != "fault" and p.answer % PAGE)
+    pfn, offset = divmod(problem.answer, PAGE)
+    assert "offset" in str(problem.check(pfn * PAGE))
+    assert "not 4096" in str(problem.check((pfn << 12) | offset))
+    assert "no fault" in str(problem.check("fault"))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fork_copy_answer_is_what_the_child_maps_and_the_parent_lost(seed):
+    for problem in quiz("fork-copy", seed, 3):
+        ns, text = script(problem)
+        m, p = ns["m"], ns["p"]
+        pages = [a for v in p.mm.vmas for a in range(v.start, v.end, PAGE)]
+        rw_before = {a for a in pages if m.kernel.follow_pte(p.mm, a) & _PAGE_RW}
+        c = p.fork()
+        if "copy into c" in text:
+            assert problem.answer == sum(1 for a in pages if c.translate(a) is not None)
+        else:
+            rw_after = {a for a in pages if m.kernel.follow_pte(p.mm, a) & _PAGE_RW}
+            assert problem.answer == len(rw_before - rw_after)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_shared_answer_is_the_pointer_count_or_the_tables_held(seed):
+    for problem in quiz("shared", seed, 3):
+        ns, text = script(problem)
+        m, processes = ns["m"], live(ns)
+        asked = re.search(r"maps (0x[0-9a-f]+) for (\w+)\?", text)
+        if asked:
+            addr, who = int(asked[1], 16), ns[asked[2]]
+            mine = leaf_table(who, addr)
+            assert problem.answer == (0 if mine is None else [leaf_table(q, addr) for q in processes].count(mine))
+        else:
+            assert problem.answer == tables_held(m, processes)
+        m.check()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cow_kinds_match_frames_tables_and_fault_counts(seed):
+    for problem in quiz("cow", seed, 2):
+        ns, text = script(problem)
+        accesses = re.findall(r"^  \d\. (.*)$", text, re.M)
+        assert len(accesses) == len(problem.answer)
+        for access, kind in zip(accesses, problem.answer):
+            who = ns[access.split(".")[0]]
+            addr = int(re.search(r"\((0x[0-9a-f]+)", access)[1], 16)
+            frame, table, minflt = who.translate(addr), leaf_table(who, addr), who.minflt
+            exec(access, ns)
+            assert (kind == "none") == (who.minflt == minflt)
+            assert kind.startswith("unshare+") == (table is not None and leaf_table(who, addr) != table)
+            base = kind.removeprefix("unshare+")
+            after = who.translate(addr)
+            if base == "zero":
+                assert after == ZERO_PFN * PAGE + addr % PAGE
+            elif base in ("anon", "shmem"):
+                assert frame is None and after is not None and who.mm.find_vma(addr).shared == (base == "shmem")
+            elif base == "wp_copy":
+                assert frame is not None and after != frame
+            elif base == "wp_reuse":
+                assert after == frame
+            else:
+                assert base == "none" and after == frame
+
+
+def test_the_seeds_tested_meet_every_cow_kind_and_both_outcomes_of_a_walk():
+    kinds = {k.removeprefix("unshare+") for s in SEEDS for p in quiz("cow", s, 2) for k in p.answer}
+    assert kinds == {"none", "zero", "anon", "shmem", "wp_copy", "wp_reuse"}
+    assert any(k.startswith("unshare+") for s in SEEDS for p in quiz("cow", s, 2) for k in p.answer)
+    walks = {("writes" in str(p), p.answer == "fault") for s in SEEDS for p in quiz("translate", s, 3)}
+    assert walks == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_cow_diagnose_notices_a_forgotten_unshare():
+    problem = next(p for s in SEEDS for p in quiz("cow", s, 2) if any(k.startswith("unshare+") for k in p.answer))
+    i = next(i for i, k in enumerate(problem.answer) if k.startswith("unshare+"))
+    given = list(problem.answer)
+    given[i] = given[i].removeprefix("unshare+")
+    assert f"access {i + 1} finds its table still shared" in str(problem.check(given))
+
+
+@pytest.mark.parametrize("args, name", [(("paging", 1, 1), "topic"), (("cow", "1", 1), "seed"), (("cow", 1, 0), "n"), (("cow", 1, True), "n")])
+def test_quiz_rejects_bad_arguments(args, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        quiz(*args)
+
+
+def test_cli_echoes_arguments_first_and_answers_only_with_c(capsys):
+    assert main(["--topic", "translate", "-s", "7", "-n", "2"]) == 0
+    plain = capsys.readouterr().out
+    assert plain.splitlines()[:4] == ["ARG topic translate", "ARG seed 7", "ARG num 2", "ARG compute False"]
+    assert "Problem 2" in plain and "Answer:" not in plain
+    main(["--topic", "translate", "-s", "7", "-n", "2", "-c"])
+    answered = capsys.readouterr().out
+    assert answered.count("Answer:") == 2
+    main(["--topic", "translate", "-s", "7", "-n", "2", "-c"])
+    assert capsys.readouterr().out == answered
+    with pytest.raises(SystemExit):
+        main(["-n", "0"])
+
+
+def test_cli_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "ptsim.quiz", "-t", "cow", "-s", "1", "-n", "1", "-c"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ARG topic cow\nARG seed 1\nARG num 1\nARG compute True\n") and "Answer: [" in out
