@@ -381,3 +381,103 @@ def test_address_space_strip_reads_the_entries_the_kernel_follows():
     p.fork()
     entries = _ptes(m.kernel, p.mm, a, a + 5 * size)
     assert entries.tolist() == [m.kernel.follow_pte(p.mm, a + i * size) for i in range(5)]
+
+
+# -- one entry's bit fields -------------------------------------------------------------------
+
+SDM_FIELDS = {  # Intel SDM vol. 3, 4.3 and 4.5: the fields of a 4-byte and an 8-byte entry, bit 31 or 63 first
+    "i386": ["PFN", "avail", "G", "PS", "D", "A", "PCD", "PWT", "US", "RW", "P"],
+    "x86_64": ["NX", "avail", "PFN", "avail", "G", "PS", "D", "A", "PCD", "PWT", "US", "RW", "P"],
+}
+
+
+def drawn_fields(fig):
+    """[(name, value, lo, hi)] of each field as the figure writes it, left to right."""
+    columns = {}
+    for text in fig.axes[0].texts:
+        x, y = text.get_position()
+        columns.setdefault(round(x, 6), []).append((y, text.get_text()))
+    fields = []
+    for x in sorted(columns):
+        name, value, span = (s for _, s in sorted(columns[x], reverse=True))
+        hi, _, lo = span.partition("–")
+        fields.append((name, int(value), int(lo or hi), int(hi)))
+    return fields
+
+
+def assert_drawn_exactly(entry, arch):
+    """The drawn fields cover every bit of the entry once, and their values rebuild it."""
+    fields = drawn_fields(ptsim.draw.pte_bits(entry, arch))
+    assert sorted(b for _, _, lo, hi in fields for b in range(lo, hi + 1)) == list(range(8 * arch.entry_bytes))
+    assert sum(value << lo for _, value, lo, _ in fields) == entry
+    return {name: value for name, value, _, _ in fields}, [name for name, _, _, _ in fields]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+def test_pte_bits_draws_what_the_machine_put_in_its_entries(arch):
+    m, p, a = scenario("copy", arch, pages=2)
+    k, size = m.kernel, m.arch.page_size
+    z = p.mmap(None, size, "rw")
+    p.read(z, 1)  # never written: the zero page, read-only
+    c = p.fork()
+    written, zero = k.follow_pte(p.mm, a), k.follow_pte(p.mm, z)
+    shown, names = assert_drawn_exactly(written, m.arch)
+    assert names == SDM_FIELDS[arch]
+    assert shown["PFN"] == p.translate(a) // size
+    assert (shown["P"], shown["RW"], shown["US"], shown["A"], shown["D"]) == (1, 0, 1, 1, 1)  # fork write-protected it
+    shown, _ = assert_drawn_exactly(k.follow_pte(c.mm, a), m.arch)
+    assert shown["PFN"] == c.translate(a) // size == p.translate(a) // size and shown["RW"] == 0
+    shown, _ = assert_drawn_exactly(zero, m.arch)
+    assert shown["PFN"] == p.translate(z) // size and (shown["RW"], shown["D"]) == (0, 0)
+    c.write(a, b"child")  # do_wp_page copies the page: a new frame, writable and dirty
+    shown, _ = assert_drawn_exactly(k.follow_pte(c.mm, a), m.arch)
+    assert shown["PFN"] == c.translate(a) // size != p.translate(a) // size and (shown["RW"], shown["D"]) == (1, 1)
+    upper = k.entry(p.mm.pgd, m.arch.index(0, a))
+    shown, _ = assert_drawn_exactly(upper, m.arch)
+    assert k.mem_map.kind[shown["PFN"]] == PG_PGTABLE and (shown["P"], shown["RW"], shown["US"]) == (1, 1, 1)
+
+
+def test_pte_bits_names_bit_8_and_the_pfn_field_as_linux_reads_a_non_present_entry():
+    m, p, a = scenario("copy", "x86_64", pages=3)
+    size = m.arch.page_size
+    frame = p.translate(a) // size
+    p.mprotect(a, size, "")
+    shown, names = assert_drawn_exactly(m.kernel.follow_pte(p.mm, a), m.arch)
+    assert names[4] == "PROTNONE" and (shown["PROTNONE"], shown["P"], shown["PFN"]) == (1, 0, frame)
+    with m.trace() as events:
+        m.swap_out(p, a + size)
+    slot = next(e for e in events if e.action == "swap_out_page").detail["slot"]
+    shown, names = assert_drawn_exactly(m.kernel.follow_pte(p.mm, a + size), m.arch)
+    assert names[2] == "swap slot" and names[4] == "G" and (shown["swap slot"], shown["P"]) == (slot, 0)
+
+
+@pytest.mark.parametrize("arch", sorted(ptsim.ARCHES))
+def test_pte_bits_every_field_all_ones_and_the_callers_axes(arch):
+    import matplotlib.pyplot as plt
+
+    geometry = ptsim.ARCHES[arch]
+    ones = (1 << 8 * geometry.entry_bytes) - 1
+    for name, value, lo, hi in drawn_fields(ptsim.draw.pte_bits(ones, arch)):
+        assert value == (1 << hi - lo + 1) - 1, name
+    before = plt.get_fignums()
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert ptsim.draw.pte_bits(0x2067, geometry, ax=ax, title="mine") is fig and ax.get_title() == "mine"
+    assert plt.get_fignums() == before
+    assert _png(ptsim.draw.pte_bits(0x2067, arch)) == _png(ptsim.draw.pte_bits(0x2067, geometry))
+
+
+def test_pte_bits_bad_arguments_raise_value_error():
+    pte_bits = ptsim.draw.pte_bits
+    for bad in (-1, 1 << 64, "0x2067", 1.5, True, None):
+        with pytest.raises(ValueError, match="entry"):
+            pte_bits(bad, "x86_64")
+    with pytest.raises(ValueError, match="entry"):
+        pte_bits(1 << 32, "i386")  # an x86_64-sized entry is not an i386 entry
+    for bad in ("arm64", None, 4, ptsim.Machine):
+        with pytest.raises(ValueError, match="arch"):
+            pte_bits(0x2067, bad)
+    with pytest.raises(ValueError, match="ax"):
+        pte_bits(0x2067, "i386", ax="axes")
+    with pytest.raises(ValueError, match="title"):
+        pte_bits(0x2067, "i386", title=1)
