@@ -1,6 +1,6 @@
-"""The rules of ANCHORS section 2, one test each, checked on the machine's observable state.
+"""The rules of sharing (notebooks/rules-of-sharing.md), one test each, on the observable state.
 
-Rule 14 (reclaim through a shared table) has no test: the simulator has no swap.
+Rule 14 (reclaim through a shared table) and the swap-in half of rule 5 are in test_swap.py.
 """
 
 from collections import Counter

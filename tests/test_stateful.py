@@ -235,7 +235,7 @@ class ThreeWayWithReclaim(ThreeWay):
     @rule(i=st.integers(0, 7), data=st.binary(min_size=1, max_size=8), child_swaps=st.booleans())
     def write_fork_swap_out(self, i, data, child_swaps):
         """Write a fresh page, fork, and page it out from parent or child: under `shared` the
-        page-out goes through a shared table (ANCHORS rule 14)."""
+        page-out goes through a shared table (sharing rule 14)."""
         n = 2 * self.page
         kind, addr = self.play(i, lambda p: p.mmap(None, n, "rw", False), lambda o: self.oracle.mmap(o, None, n, "rw", False))
         if kind != "ok":

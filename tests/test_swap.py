@@ -1,4 +1,4 @@
-"""Reclaim and swap-in, above all through shared tables (ANCHORS rules 5 and 14)."""
+"""Reclaim and swap-in, above all through shared tables (sharing rules 5 and 14, notebooks/rules-of-sharing.md)."""
 
 import pytest
 

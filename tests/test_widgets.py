@@ -6,14 +6,21 @@ sliders against a snapshotting-parent scenario written out here by hand.
 """
 
 import random
-import time
 
 import numpy as np
 import pytest
 
 import ptsim
 from ptsim.draw import table_graph
-from ptsim.widgets import LAB_CALLS, CostExplorer, Lab, Stepper, default_setup, fork_cost, snapshot
+from ptsim.widgets import (
+    LAB_CALLS,
+    CostExplorer,
+    Lab,
+    Stepper,
+    default_setup,
+    fork_cost,
+    snapshot,
+)
 
 TOY_RAM = 512 * 64
 CHILD_PAGE = 0x7C00  # first page of default_setup's mapping on toy
@@ -224,16 +231,6 @@ def test_lab_bad_arguments_raise_value_error_naming_them():
         lab.log_text("upper_wp")
 
 
-def test_lab_press_on_toy_takes_under_a_second_of_cpu():
-    lab = Lab()
-    costs = []
-    for name in ("fork", "write", "read"):
-        start = time.process_time()  # CPU time: other jobs on the host count less
-        lab.buttons[name].click()
-        costs.append(time.process_time() - start)
-    assert sorted(costs)[1] < 1.0, costs
-
-
 # -- the stepper ------------------------------------------------------------------------------
 
 
@@ -436,9 +433,7 @@ def test_cost_explorer_shows_fork_cost_for_the_sliders():
     assert e.size.value == 2 and e.fraction.value == 0.0 and e.pattern.value == "random"
     assert e.values() == {p: fork_cost("x86_64", p, 2 << 20, 0.0, "random") for p in ("copy", "shared", "upper_wp")}
     picture = e.picture.value
-    start = time.process_time()
     e.fraction.value = 0.2
-    assert time.process_time() - start < 1.0
     assert e.picture.value != picture
     shown = e.values()
     assert shown == e.values(2, 0.2, "random") and shown is e.values(2, 0.2, "random")  # cached

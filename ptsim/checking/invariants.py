@@ -4,7 +4,7 @@ It trusts no counter the kernel keeps. It walks every live mm's tables from CR3 
 who points at each table and which entries map each page, rebuilds every process's effective
 mappings (permission ANDed over the levels), and then holds the kernel to:
 
-- each table's refcount (use count) equals the upper entries pointing at it (ANCHORS rule 1);
+- each table's refcount (use count) equals the upper entries pointing at it (sharing rule 1);
   a root equals one, its mm;
 - each anonymous page's refcount and mapcount equal the entries mapping it; a shmem page has
   one more reference, its page-cache slot, and sits in exactly one shmem object;

@@ -12,12 +12,19 @@ and, against the `copy` policy, in every minor-fault count, which follows these 
 - MAP_SHARED memory is mapped writable when the mapping is, even on a read fault;
 - fork copies the mappings of private VMAs that have ever held a page of their own (Linux's
   anon_vma), read-only in both; the child faults everything else in again;
+- after an mmap or mprotect, neighbouring areas merge as Linux's VMAs do (the same prot and
+  VM_ACCOUNT, the same shmem object at consecutive offsets, and for private memory both or
+  neither with a page history from before a fork); an area that never held a page of its own
+  merged into one that has is copied at fork, zero-page mappings and all. VM_ACCOUNT is set
+  on private memory mapped or made writable, and cleared when an mprotect makes it
+  read-only before it ever held a page;
 - mprotect to "rw" makes a private mapping writable only where the page is exclusively this
   process's since its last fork or copy (PG_anon_exclusive).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -47,6 +54,8 @@ class Area:
     shmem: dict | None  # page offset -> Page, shared by every area that maps the same object
     pgoff: int = 0
     anon_vma: bool = False
+    anon_vma_forked: bool = False  # its anon_vma came from the parent at fork
+    account: bool = False  # VM_ACCOUNT: private, made writable, and not given back since
 
 
 @dataclass
@@ -81,7 +90,7 @@ class Oracle:
         parent = self._proc(pid)
         child = self.procs[self.spawn()]
         for area in parent.areas:
-            child.areas.append(Area(area.start, area.end, area.prot, area.shmem, area.pgoff, area.anon_vma))
+            child.areas.append(dataclasses.replace(area, anon_vma_forked=area.anon_vma))
             if area.shmem is not None or not area.anon_vma:
                 continue
             for vpn in self._vpns(area.start, area.end):
@@ -113,7 +122,7 @@ class Oracle:
         area = self._area(proc, addr)
         if area is None or area.start == addr:
             return
-        tail = Area(addr, area.end, area.prot, area.shmem, area.pgoff + (addr - area.start) // self.page_size, area.anon_vma)
+        tail = dataclasses.replace(area, start=addr, pgoff=area.pgoff + (addr - area.start) // self.page_size)
         area.end = addr
         proc.areas.append(tail)
         proc.areas.sort(key=lambda a: a.start)
@@ -138,9 +147,33 @@ class Oracle:
             addr = top - size
         start, end = self._range(addr, length, self.mmap_min_addr)
         self._unmap(proc, start, end)
-        proc.areas.append(Area(start, end, prot, {} if shared else None))
+        proc.areas.append(Area(start, end, prot, {} if shared else None, account=not shared and "w" in prot))
         proc.areas.sort(key=lambda a: a.start)
+        self._merge(proc, start, end)
         return start
+
+    def _merge(self, proc: OracleProcess, start: int, end: int) -> None:
+        """Join the areas that meet at an address in [start, end], where Linux would."""
+        areas: list[Area] = []
+        for area in proc.areas:
+            last = areas[-1] if areas else None
+            if (
+                last is not None
+                and last.end == area.start
+                and start <= area.start <= end
+                and (last.prot, last.account) == (area.prot, area.account)
+                and last.shmem is area.shmem
+                and (
+                    last.pgoff + (last.end - last.start) // self.page_size == area.pgoff
+                    if area.shmem is not None
+                    else last.anon_vma_forked == area.anon_vma_forked
+                )
+            ):
+                last.end = area.end
+                last.anon_vma |= area.anon_vma
+            else:
+                areas.append(area)
+        proc.areas = areas
 
     def _unmap(self, proc: OracleProcess, start: int, end: int) -> None:
         self._split(proc, start)
@@ -168,12 +201,15 @@ class Oracle:
         self._split(proc, end)
         for area in proc.areas:
             if start <= area.start and area.end <= end:
+                if area.prot != prot and area.shmem is None:
+                    area.account = "w" in prot or (area.account and area.anon_vma)
                 area.prot = prot
         for vpn in self._vpns(start, end):
             mapping = proc.maps.get(vpn)
             if mapping is not None:
                 shared = self._area(proc, vpn * self.page_size).shmem is not None
                 mapping.writable = prot == "rw" and (shared or (mapping.page is not None and mapping.page.exclusive))
+        self._merge(proc, start, end)
 
     def madvise(self, pid: int, addr: int, length: int, advice: str) -> None:
         proc = self._proc(pid)

@@ -56,6 +56,11 @@ class Kernel:
         # Experiments only: TLB flush sites (named by the kernel function) to leave out, to see
         # what a missing flush lets a process do. The checker reports the stale entries.
         self.skip_tlb_flush: set[str] = set()
+        # Linux's /sys/kernel/debug/fault_around_bytes: a read fault on MAP_SHARED memory also
+        # maps the pages of the shmem object already present around it (do_fault_around).
+        # Linux's default is 65536; here it is one page, fault-around off (as writing PAGE_SIZE
+        # there does), because the oracle, which has no tables, cannot tell where a table ends.
+        self.fault_around_bytes = arch.page_size
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -90,14 +95,17 @@ class Kernel:
             for i in range(start, end, GATHER_TABLES):
                 yield self.phys.tables[pfns[i] : pfns[min(i + GATHER_TABLES, end) - 1] + 1]
 
-    def count_set(self, block: np.ndarray, bits: int) -> int:
-        """How many entries of a block of tables have any of `bits` set.
+    def clear_counting(self, block: np.ndarray, bit: int) -> int:
+        """Clear `bit` in every entry of a block of tables; return how many entries had it set.
 
-        `bits` must lie in the entry's low byte (entries are little-endian, as on x86): only
-        that byte of each entry goes into the temporary, which is then 8 or 4 times smaller.
+        The count is the drop in the block's sum (modulo 2**bits, where the sums wrap) over
+        the bit's value: two summing passes, the second over memory the clear has just brought
+        into the cache, cost less than testing each entry into a temporary.
         """
-        assert bits < 256
-        return int(np.count_nonzero(block.view(np.uint8)[:, :: self.arch.entry_bytes] & np.uint8(bits)))
+        modulus = 1 << (8 * self.arch.entry_bytes)
+        before = int(block.sum(dtype=block.dtype))
+        np.bitwise_and(block, self.arch.clear_bits(bit), out=block)
+        return (before - int(block.sum(dtype=block.dtype))) % modulus // bit
 
     # -- tables ----------------------------------------------------------------------------
 
@@ -113,7 +121,7 @@ class Kernel:
 
         Missing upper tables are allocated when `alloc` (pud_alloc, pmd_alloc), else None is
         returned. Policies here share last-level tables only, so an upper table is never
-        shared and installing a table below it never needs an unshare first (ANCHORS rule 19).
+        shared and installing a table below it never needs an unshare first (sharing rule 19).
         """
         arch, table = self.arch, mm.pgd
         for level in range(arch.levels - 2):

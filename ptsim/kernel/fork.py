@@ -41,6 +41,7 @@ def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
         child = k.mm_alloc(pid)
         for vma in parent.vmas:
             twin = copy.copy(vma)
+            twin.anon_vma_forked = vma.anon_vma  # anon_vma_fork: the child's chain links the parent's
             if vma.shmem is not None:
                 vma.shmem.nr_vmas += 1
             child.vmas.append(twin)
@@ -166,16 +167,14 @@ class SharedPolicy(CopyPolicy):
         child.rss, child.swapents = parent.rss, parent.swapents
 
     def wrprotect_for_sharing(self, k, mm: MM, pmd: int, indexes, shared, bases) -> None:
-        """Count 1 -> 2: clear RW on every private entry of these tables (ANCHORS rule 2).
+        """Count 1 -> 2: clear RW on every private entry of these tables (sharing rule 2).
 
         MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
         """
-        clear_rw = k.arch.clear_bits(_PAGE_RW)
         inside = _inside_private_vma(mm, bases, k.arch.pte_span)
         wrprotected = 0
         for rows in k.table_runs(shared[inside]):  # the usual case: inside one private VMA
-            wrprotected += k.count_set(rows, _PAGE_RW)
-            np.bitwise_and(rows, clear_rw, out=rows)
+            wrprotected += k.clear_counting(rows, _PAGE_RW)
         for table, base in zip(shared[~inside].tolist(), bases[~inside].tolist()):
             wrprotected += wrprotect_private_entries(k, mm, table, base)
         k.tracer.count("ptes_wrprotected", wrprotected)
@@ -202,7 +201,7 @@ class SharedPolicy(CopyPolicy):
         return table
 
     def unshare(self, k, mm: MM, slot, addr: int, func: str) -> int:
-        """Do for this mm, for one table, the copying fork skipped (ANCHORS rule 4)."""
+        """Do for this mm, for one table, the copying fork skipped (sharing rule 4)."""
         mem_map, tables = k.mem_map, k.phys.tables
         old = k.slot_table(slot)
         new = mem_map.alloc_one(PG_PGTABLE)

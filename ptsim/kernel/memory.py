@@ -71,6 +71,8 @@ def handle_pte_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: 
         return True
     if not pte & _PAGE_PRESENT:
         if vma.shared:
+            if not write:  # Linux's do_read_fault
+                do_fault_around(k, mm, vma, table, index, addr)
             do_shared_fault(k, mm, vma, table, index, addr, write)
         else:
             do_anonymous_page(k, mm, vma, table, index, addr, write)
@@ -116,7 +118,7 @@ def do_wp_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, p
     """Write to a read-only private page: reuse it if nobody else maps it, else copy it."""
     mem_map, old = k.mem_map, k.entry_pfn(pte)
     if old != ZERO_PFN and (mem_map.anon_exclusive[old] or mem_map.refcount[old] == 1):
-        # wp_page_reuse: still one fault, but no copy (ANCHORS rule 16).
+        # wp_page_reuse: still one fault, but no copy (sharing rule 16).
         mem_map.anon_exclusive[old] = True
         k.set_entry(table, index, pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED)
         k.tracer.count("fault_wp_reuse")
@@ -172,6 +174,34 @@ def do_shared_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: i
     mm.rss += 1
     k.tracer.count("fault_shmem")
     k.tracer.emit("do_shared_fault", "map_shmem_page", pid=mm.owner, addr=addr, table=table, frame=pfn)
+
+
+def do_fault_around(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int) -> None:
+    """Before a read fault maps its MAP_SHARED page, map the pages of the shmem object already
+    in memory around it into the empty entries: a block of k.fault_around_bytes aligned to its
+    size, clamped to the VMA and to this table (mm/memory.c do_fault_around, filemap_map_pages).
+    They cost no fault: a later access to them finds them mapped.
+    """
+    arch = k.arch
+    nr = min(1 << max(k.fault_around_bytes.bit_length() - 1 - arch.page_shift, 0), arch.entries)
+    if nr == 1:
+        return
+    vma_off = (addr - vma.start) >> arch.page_shift
+    first = max(index - index % nr, index - min(index, vma_off))
+    last = min(first + nr, arch.entries, index + ((vma.end - vma.start) >> arch.page_shift) - vma_off)
+    pgoff, row, mapped = vma.pgoff_of(addr, arch.page_shift), k.phys.tables[table], 0
+    flags = _PAGE_NEW | (_PAGE_RW if vma.writable else 0)
+    for i in range(first, last):
+        pfn = vma.shmem.pages.get(pgoff + i - index)
+        if i == index or pfn is None or row[i]:
+            continue
+        k.mem_map.refcount[pfn] += 1
+        k.mem_map.mapcount[pfn] += 1
+        row[i] = k.arch.mk_entry(pfn, flags)
+        mapped += 1
+    mm.rss += mapped
+    if mapped:
+        k.tracer.emit("do_fault_around", "map_pages", pid=mm.owner, addr=addr, table=table, count=mapped)
 
 
 def put_pages(k: Kernel, pfns: np.ndarray) -> None:

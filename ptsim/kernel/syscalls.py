@@ -84,7 +84,8 @@ def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
         if shared:
             shmem = Shmem(k._next_shmem, nr_vmas=1)
             k._next_shmem += 1
-        mm.insert_vma(VMA(start, end, prot, shmem))
+        mm.insert_vma(VMA(start, end, prot, shmem, account=not shared and "w" in prot))
+        mm.vma_merge(start, end, k.arch.page_shift)
     k.tracer.emit("do_mmap", "new_vma", pid=mm.owner, addr=start, count=(end - start) >> k.arch.page_shift)
     return start
 
@@ -118,8 +119,13 @@ def sys_mprotect(k: Kernel, task: Task, addr, length, prot) -> None:
         mm.split_vma(start, k.arch.page_shift)
         mm.split_vma(end, k.arch.page_shift)
         for vma in mm.vmas_in(start, end):
+            if vma.prot != prot and not vma.shared:
+                # VM_ACCOUNT: charged when private memory becomes writable, and given back when
+                # it stops being writable before it ever held a page (mprotect_fixup)
+                vma.account = "w" in prot or (vma.account and vma.anon_vma)
             vma.prot = prot
             change_protection(k, mm, vma, vma.start, vma.end)
+        mm.vma_merge(start, end, k.arch.page_shift)
 
 
 def sys_madvise(k: Kernel, task: Task, addr, length, advice) -> None:
@@ -151,7 +157,7 @@ def sys_exit(k: Kernel, task: Task) -> None:
 
 
 def sys_execve(k: Kernel, task: Task) -> None:
-    """A fresh, empty address space; the old one goes as at exit (fork + exec: ANCHORS rule 18)."""
+    """A fresh, empty address space; the old one goes as at exit (fork + exec: sharing rule 18)."""
     check_alive(task)
     new = k.mm_alloc(task.pid)  # the one allocation comes before anything is torn down
     old, task.mm = task.mm, new

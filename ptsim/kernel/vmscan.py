@@ -4,7 +4,7 @@ The page's contents go to a slot of swap space (swap.py), and its entry becomes 
 
 2.4 reclaimed memory by walking each mm's page tables (swap_out -> try_to_swap_out). Through
 a shared table that walk changes what every sharer maps, though it reached the table through
-one mm: it must flush every sharer's TLB (ANCHORS rule 14). This is the "only non-local VM
+one mm: it must flush every sharer's TLB (sharing rule 14). This is the "only non-local VM
 operation" of the LKML review, and the checker catches a sharer's stale entry.
 
 Not modelled: the swap cache. A page mapped by more than one entry is not paged out, and
