@@ -11,23 +11,23 @@ Two kinds, both answered in a notebook cell and both checked by ptsim itself:
 why when the exercise foresaw the mistake (`diagnose`, which may run the scenario another way to
 recognise, say, the count classic fork would give), else it gives the exercise's hint.
 
-The inspectors (`list_tables`, `use_count`, `table_pages`, `observe`) read the machine's state,
-counters and events for questions, goals and explanations; they re-derive nothing.
+`observe` runs one action and reports what the kernel did, from its counters and events. The
+read-only inspectors that questions, goals and explanations use (`use_count`, `list_tables`,
+`table_pages`, ...) live in `ptsim.peek`.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import numpy as np
 
-from .draw.graph import walk_tables
 from .errors import InvariantError, ProcessExited
 from .kernel import COUNTERS, Event
-from .kernel.page import PG_PGTABLE
 from .machine import Machine, Process
+from .peek import counters_gained, list_tables
 
 # What each fault kind `observe` reports means: one per fault_* counter, with "none" and the
 # "unshare" that may come before a kind under the sharing policies.
@@ -261,64 +261,7 @@ def _machine(obj: Machine | Process) -> Machine:
     return obj if isinstance(obj, Machine) else obj.machine
 
 
-# -- inspectors --------------------------------------------------------------------------
-
-
-class Table(NamedTuple):
-    """One page-table page: its frame, level (0 = root), the first virtual address it maps,
-    its use count, and the live processes that reach it."""
-
-    frame: int
-    level: int
-    name: str  # Linux's name for its level: "pgd", "pmd", "pte", ...
-    base: int
-    use_count: int
-    pids: tuple[int, ...]
-
-
-def list_tables(obj: Machine | Process) -> list[Table]:
-    """Every page-table page the live processes reach, each once, by level then address;
-    for a Process, only those it reaches."""
-    if not isinstance(obj, (Machine, Process)):
-        raise ValueError(f"obj must be a ptsim Machine or Process, not {obj!r}")
-    if isinstance(obj, Process) and obj.exited:
-        raise ProcessExited(f"process {obj.pid} has exited")
-    k = _machine(obj).kernel
-    found: dict[int, tuple[int, int]] = {}  # frame -> (level, base)
-    reached: dict[int, list[int]] = {}
-    for task in k.tasks.values():
-        if not task.exited:
-            for frame, level, base in walk_tables(k, task.mm.pgd):
-                found[frame] = (level, base)
-                reached.setdefault(frame, []).append(task.pid)
-    rows = [
-        Table(frame, level, k.arch.level_names[level], base, int(k.mem_map.refcount[frame]), tuple(sorted(reached[frame])))
-        for frame, (level, base) in found.items()
-    ]
-    if isinstance(obj, Process):
-        rows = [t for t in rows if obj.pid in t.pids]
-    return sorted(rows, key=lambda t: (t.level, t.base, t.pids))
-
-
-def use_count(p: Process, addr: int) -> int:
-    """The use count of the last-level table that maps `addr` for `p`: how many upper entries,
-    in all processes, point at it. 0 when `p` has no table there."""
-    if not isinstance(p, Process):
-        raise ValueError(f"p must be a ptsim Process, not {p!r}")
-    if p.exited:
-        raise ProcessExited(f"process {p.pid} has exited")
-    k = p.machine.kernel
-    if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr < k.arch.task_size:
-        raise ValueError(f"addr must be an int in [0, {k.arch.task_size:#x}), not {addr!r}")
-    table = k.slot_table(k.pmd_slot(p.mm, addr))
-    return 0 if table is None else int(k.mem_map.refcount[table])
-
-
-def table_pages(m: Machine) -> int:
-    """Page-table pages the machine holds, every level, roots included; a shared table once."""
-    if not isinstance(m, Machine):
-        raise ValueError(f"m must be a ptsim Machine, not {m!r}")
-    return int(np.count_nonzero(m.kernel.mem_map.kind == PG_PGTABLE))
+# -- observing one action -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -350,8 +293,7 @@ def observe(m: Machine, action: Callable[[], Any]) -> Observed:
     before = m.counters
     with m.trace() as events:
         action()
-    after = m.counters
-    moved = {name: after.get(name, 0) - before.get(name, 0) for name in COUNTERS if after.get(name, 0) != before.get(name, 0)}
+    moved = counters_gained(m, before)
     kinds = ["unshare"] * moved.get("tables_unshared", 0)
     for name in _FAULT_COUNTERS:
         kinds += [name.removeprefix("fault_")] * moved.get(name, 0)

@@ -19,11 +19,12 @@ from types import SimpleNamespace
 
 import ptsim
 
-from .exercises import FAULT_KINDS, Exercise, list_tables, observe, table_pages, use_count
+from .exercises import FAULT_KINDS, Exercise, observe
 from .hardware import ARCHES, PageFault
 from .hardware.arch import _PAGE_PRESENT, _PAGE_RW, _PAGE_USER
 from .kernel.core import MAPPED
 from .kernel.page import ZERO_PFN
+from .peek import list_tables, table_pages, use_count
 
 ARCH = ARCHES["toy"]
 PAGE = ARCH.page_size
