@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import mmap
 import os
 import statistics
 import sys
@@ -53,9 +52,10 @@ import numpy as np
 import ptsim
 from ptsim.hardware import ARCHES
 from ptsim.hardware.arch import PFN_SHIFT, _PAGE_PRESENT, _PAGE_RW
+from ptsim.host.measure import (GiB, KiB, MiB, TouchedBuffer, format_size, load_average, machine_info,
+                                parse_size, time_forks)
+from ptsim.host.procfs import read_status
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-UNITS = {"K": KiB, "M": MiB, "G": GiB}
 PAGE = 4 * KiB
 SPARE_RAM = 64 * MiB  # simulated RAM beyond the buffer: the parent's and the children's tables
 TOUCH_CHUNK = 16 * MiB  # bytes per Process.write call: the data written is this small buffer
@@ -68,36 +68,16 @@ SHARED_TARGET_SPEEDUP = 10
 # -- small helpers ---------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    """'64M' -> 67108864. A size is a whole number of 4 KiB pages."""
-    digits = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        size = int(digits[:-1]) * UNITS[digits[-1]] if digits[-1:] in UNITS else int(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64M or 1G") from None
-    if size <= 0 or size % PAGE:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not a positive multiple of 4 KiB")
-    return size
-
-
 def parse_sizes(text: str) -> list[int]:
-    return [parse_size(part) for part in text.split(",") if part.strip()]
-
-
-def human(size: int, sep: str = " ") -> str:
-    for unit, name in ((GiB, "G"), (MiB, "M"), (KiB, "K")):
-        if size % unit == 0:
-            return f"{size // unit}{sep}{name}iB" if sep else f"{size // unit}{name}"
-    return f"{size}{sep}B"
-
-
-def status_kb(field: str, path: str = "/proc/self/status") -> int:
-    """A `kB` line of /proc/self/status (VmRSS, VmPTE) or of /proc/meminfo."""
-    with open(path) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+    """'256M,1G' -> sizes in bytes, each a whole number of 4 KiB pages."""
+    try:
+        sizes = [parse_size(part) for part in text.split(",") if part.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    for size in sizes:
+        if size <= 0 or size % PAGE:
+            raise argparse.ArgumentTypeError(f"size {format_size(size)} is not a positive multiple of 4 KiB")
+    return sizes
 
 
 def summary(forks_ns: list[int]) -> dict:
@@ -105,31 +85,14 @@ def summary(forks_ns: list[int]) -> dict:
     return {"first_ms": forks_ns[0] / 1e6, "median_ms": statistics.median(forks_ns) / 1e6, "forks_ns": forks_ns}
 
 
-# -- the real kernel -------------------------------------------------------------------------
-
-
-def real_fork_ns() -> int:
-    t0 = time.perf_counter_ns()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    elapsed = time.perf_counter_ns() - t0
-    os.waitpid(pid, 0)
-    return elapsed
+# -- the real kernel (ptsim.host.measure times it) -------------------------------------------
 
 
 def bench_real(size: int, repeat: int) -> dict:
-    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.madvise(mmap.MADV_NOHUGEPAGE)
-    pages = np.frombuffer(buf, dtype=np.uint8)[::PAGE]  # one byte of every page
-    vmpte_before_kb = status_kb("VmPTE")
-    forks = []
-    for _ in range(repeat):
-        pages[:] = 1  # the first time allocates every page; later, write-enables it again
-        forks.append(real_fork_ns())
-    vmpte_kb = status_kb("VmPTE")
-    del pages  # mmap.close refuses while a view of the buffer exists
-    buf.close()
+    vmpte_before_kb = read_status()["VmPTE"]
+    with TouchedBuffer(size, thp="off") as buf:
+        forks, _ = time_forks(buf, repeat)
+        vmpte_kb = read_status()["VmPTE"]
     return {**summary(forks), "vmpte_kb": vmpte_kb, "vmpte_buffer_kb": vmpte_kb - vmpte_before_kb}
 
 
@@ -169,16 +132,15 @@ def leaf_entries(m, p, addr: int, size: int) -> np.ndarray:
 
 def bench_copy(size: int, repeat: int) -> tuple[dict, np.ndarray, int]:
     """Copy fork; also the host memory per touched page, and the PTEs the floor works on."""
-    rss_kb, pte_kb = status_kb("VmRSS"), status_kb("VmPTE")
+    before = read_status()
     m = ptsim.Machine(arch="x86_64", policy="copy", ram=size + SPARE_RAM)
     p = m.spawn()
     addr = p.mmap(None, size, "rw", False)
     touch(p, addr, size)
     pages = size // PAGE
-    host = {
-        "rss_bytes_per_page": (status_kb("VmRSS") - rss_kb) * KiB / pages,
-        "vmpte_bytes_per_page": (status_kb("VmPTE") - pte_kb) * KiB / pages,
-    }
+    after = read_status()
+    host = {name: (after[field] - before[field]) * KiB / pages
+            for name, field in (("rss_bytes_per_page", "VmRSS"), ("vmpte_bytes_per_page", "VmPTE"))}
     ptes, nframes = leaf_entries(m, p, addr, size), m.kernel.phys.nframes
     forks = fresh_forks(p, addr, size, repeat)
     return {**summary(forks), "vmpte_kb": p.status()["VmPTE"], "host": host}, ptes, nframes
@@ -241,34 +203,11 @@ def bench_size(size: int, repeat: int) -> dict:
 # -- the report ------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-        thp = f.read().strip()
-    return {
-        "kernel": os.uname().release,
-        "machine": os.uname().machine,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "mem_total_kb": status_kb("MemTotal", "/proc/meminfo"),
-        "thp": thp,
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "ptsim": os.path.dirname(ptsim.__file__),
-    }
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def print_header(info: dict, args) -> None:
     print(f"machine: Linux {info['kernel']} {info['machine']}, {info['cpus']} CPUs ({info['cpu_model']}), "
-          f"{info['mem_total_kb'] >> 20} GiB, THP {info['thp']}")
-    print(f"python {info['python']}, numpy {info['numpy']}, ptsim from {info['ptsim']}, load average {load_average()}")
-    print(f"ARG sizes {','.join(human(s, sep='') for s in args.sizes)}")
+          f"{info['mem_total_kb'] >> 20} GiB, THP {info['thp_enabled']}")
+    print(f"python {info['python']}, numpy {info['numpy']}, ptsim from {info['ptsim']}, load average {info['load_average']}")
+    print(f"ARG sizes {','.join(format_size(s) for s in args.sizes)}")
     print(f"ARG repeat {args.repeat}")
     print(f"ARG json {args.json}")
     print()
@@ -285,7 +224,7 @@ def print_results(results: list[dict], repeat: int) -> None:
     for r in results:
         keys = ("real", "copy", "shared_first", "shared_again", "upper_wp_first", "floor")
         real, copy, first, again, upper, floor = (r[k]["median_ms"] for k in keys)
-        print(f"{human(r['size']):>8} {real:8.2f} {copy:8.2f} {first:9.2f} {again:9.3f} {upper:9.3f} {floor:8.2f} "
+        print(f"{format_size(r['size']):>8} {real:8.2f} {copy:8.2f} {first:9.2f} {again:9.3f} {upper:9.3f} {floor:8.2f} "
               f"{ratio(copy, real):>10} {ratio(copy, first):>14} {ratio(copy, again):>14} {ratio(copy, upper):>14} {ratio(copy, floor):>11}")
     print()
     print("the very first fork of each kind (ms); page tables (kB) and host memory per simulated page (B)")
@@ -293,7 +232,7 @@ def print_results(results: list[dict], repeat: int) -> None:
           f"{'host RSS/page':>14} {'host VmPTE/page':>16}")
     for r in results:
         host = r["copy"]["host"]
-        print(f"{human(r['size']):>8} {r['real']['first_ms']:8.2f} {r['copy']['first_ms']:8.2f} {r['shared_first']['first_ms']:9.2f} "
+        print(f"{format_size(r['size']):>8} {r['real']['first_ms']:8.2f} {r['copy']['first_ms']:8.2f} {r['shared_first']['first_ms']:9.2f} "
               f"{r['real']['vmpte_kb']:11} {r['real']['vmpte_buffer_kb']:9} {r['copy']['vmpte_kb']:10} "
               f"{host['rss_bytes_per_page']:14.0f} {host['vmpte_bytes_per_page']:16.1f}")
     print()
@@ -304,17 +243,18 @@ def targets(results: list[dict]) -> list[dict]:
     found = []
     for r in results:
         real, copy = r["real"]["median_ms"], r["copy"]["median_ms"]
-        found.append({"target": f"copy fork no slower than the real kernel's, {human(r['size'])}",
+        found.append({"target": f"copy fork no slower than the real kernel's, {format_size(r['size'])}",
                       "measured": f"{copy:.2f} ms vs {real:.2f} ms", "met": copy <= real})
     at = [r for r in results if r["size"] == SHARED_TARGET_SIZE]
     if not at:
-        found.append({"target": f"shared fork targets, {human(SHARED_TARGET_SIZE)}", "measured": "size not run", "met": None})
+        found.append({"target": f"shared fork targets, {format_size(SHARED_TARGET_SIZE)}", "measured": "size not run",
+                      "met": None})
         return found
     copy, first, again = (at[0][k]["median_ms"] for k in ("copy", "shared_first", "shared_again"))
-    found.append({"target": f"shared first fork {SHARED_TARGET_SPEEDUP}x faster than copy, {human(SHARED_TARGET_SIZE)}",
+    found.append({"target": f"shared first fork {SHARED_TARGET_SPEEDUP}x faster than copy, {format_size(SHARED_TARGET_SIZE)}",
                   "measured": f"{copy / first:.1f}x ({first:.2f} ms vs {copy:.2f} ms)",
                   "met": copy >= SHARED_TARGET_SPEEDUP * first})
-    found.append({"target": f"shared fork faster still when already shared, {human(SHARED_TARGET_SIZE)}",
+    found.append({"target": f"shared fork faster still when already shared, {format_size(SHARED_TARGET_SIZE)}",
                   "measured": f"{copy / again:.1f}x ({again:.3f} ms)", "met": again < first})
     return found
 
@@ -339,12 +279,12 @@ def main() -> None:
     # No collection inside a timed region, and none after a real fork writing to every
     # object's header, which would make the parent copy its own heap.
     gc.disable()
-    info = machine_info()
+    info = {**machine_info(), "ptsim": os.path.dirname(ptsim.__file__)}
     print_header(info, args)
     bench_size(WARM_UP_SIZE, 2)  # run every timed path once
     results = []
     for size in args.sizes:
-        print(f"measuring {human(size)} ...", file=sys.stderr, flush=True)
+        print(f"measuring {format_size(size)} ...", file=sys.stderr, flush=True)
         results.append(bench_size(size, args.repeat))
     print_results(results, args.repeat)
     found = targets(results)

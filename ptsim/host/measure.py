@@ -1,0 +1,695 @@
+"""The cost of fork, measured on this machine's kernel, beside ptsim's page-table figures.
+
+For each size of private anonymous memory, and with transparent huge pages off and on, this
+process maps a buffer, writes one byte of every 4 KiB page of it, and forks `repeats` times.
+Each child calls os._exit(0) at once. Two latencies are timed in the parent:
+
+  fork             from just before os.fork() to just after it returns
+  fork+exit+wait   from the same start to just after waitpid() has reaped the child
+
+Before every fork but the first the parent writes its whole buffer again, so that every fork
+finds writable PTEs to write-protect and its tables cold in the caches (the protocol of
+bench/fork_bench.py, whose real-fork column uses these same functions). The garbage collector
+is off while it runs, and every path runs once on a small buffer before anything is timed.
+
+Beside the timings, for each size:
+
+  VmPTE            this process's /proc/self/status VmPTE while the buffer is mapped, what
+                   mapping and touching the buffer added to it, and a child's VmPTE
+  huge pages       what AnonHugePages (/proc/self/smaps_rollup) gained: whether the kernel
+                   really gave the buffer 2 MiB pages
+  ptsim            VmPTE of a simulated x86_64 process mapping the same range at the same
+                   address, every one of its last-level tables populated (`predict_vmpte_kb`)
+
+The two VmPTE figures differ by the upper tables alone: ptsim's process maps nothing else, so
+it counts the pud and pmd tables above the buffer too (4 kB each, a pmd table per GiB), while
+the real process already had most of them for its own mappings. On this project's machine the
+buffer's growth was ptsim's figure less 8 kB at every size from 64 MiB to 4 GiB.
+
+The buffer starts on a 2 MiB boundary, so that its size decides how many last-level tables
+it needs and huge pages can cover all of it. `fit` then fits, by least squares,
+
+    latency = fixed + per_pte * PTEs copied + per_table * tables
+
+where a row copies one PTE per 4 KiB page not in a huge page, and its child gets one table per
+2 MiB (copied, or deposited beside a huge PMD). With THP off every row has 512 PTEs per table,
+so the two costs can be told apart only with THP on rows as well.
+
+Memory is bounded: a size runs only if its buffer, plus the page tables of parent and child
+(the child shares every page, copy-on-write, and exits at once), fits in `memory_limit`,
+by default half of MemAvailable when the run starts. Larger sizes are skipped with the reason.
+
+    results = run(sizes=["64M", "256M"], repeats=5, progress=ProgressBar())
+    save(results, "artifacts/measure"); results = load("artifacts/measure")
+    print(format_table(results)); print(fit(results)); plot(results, fit(results))
+
+    python -m ptsim.host.measure --max-size 4G --repeats 5 --out artifacts/measure
+
+Linux only (fork, madvise, /proc): elsewhere `run` raises RuntimeError. Saved results load,
+print and plot anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gc
+import json
+import mmap
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..hardware import ARCHES
+from ..machine import Machine
+from .procfs import read_status
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+X86_64 = ARCHES["x86_64"]
+PAGE_SIZE = X86_64.page_size
+TABLE_SPAN = X86_64.pte_span  # what one last-level table maps, and the size of a huge page: 2 MiB
+THP_MODES = ("off", "on")
+DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 64 * MiB, 4 * GiB
+WARM_UP_SIZE = 4 * MiB
+ANCHOR_NS_PER_PTE = 51  # ANCHORS.md section 3: fork on the project's 2-CPU machine, kernel 6.18
+THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
+FILE_STEM = "fork_cost"  # save() writes fork_cost.csv and fork_cost.json
+LATENCIES = {"fork": "fork", "fork_wait": "fork+exit+wait"}
+
+Progress = Callable[[int, int, str], None]  # progress(done, total, message)
+
+
+# -- sizes -----------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """'64M', '64 MiB' or '67108864' -> 67108864 (binary units)."""
+    units = {"K": KiB, "M": MiB, "G": GiB, "T": 1 << 40}
+    digits = str(text).strip().upper().removesuffix("IB").removesuffix("B").strip()
+    try:
+        return int(digits[:-1]) * units[digits[-1]] if digits[-1:] in units else int(digits)
+    except ValueError:
+        raise ValueError(f"size {text!r} is not a size such as 64M or 1G") from None
+
+
+def format_size(size: int) -> str:
+    """67108864 -> '64 MiB': the largest binary unit that divides it."""
+    for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+        if size and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} B"
+
+
+def default_sizes(min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE) -> list[int]:
+    """min_size, twice that, ... up to max_size."""
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        _check_size(name, value)
+    if max_size < min_size:
+        raise ValueError(f"max_size ({format_size(max_size)}) is below min_size ({format_size(min_size)})")
+    sizes = [min_size]
+    while sizes[-1] * 2 <= max_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def _check_size(name: str, size) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % TABLE_SPAN:
+        shown = format_size(size) if isinstance(size, int) and not isinstance(size, bool) else repr(size)
+        raise ValueError(f"{name} must be a positive multiple of 2 MiB, not {shown}")
+
+
+def memory_needed(size: int) -> int:
+    """Host memory one size takes: the buffer (one table span more, to align it) and the page
+    tables mapping it in parent and child. The child touches nothing, so it copies no page."""
+    table_bytes = size // PAGE_SIZE * X86_64.entry_bytes
+    return size + TABLE_SPAN + 2 * table_bytes
+
+
+# -- the host --------------------------------------------------------------------------------
+
+
+def require_linux() -> None:
+    """Measuring needs fork, madvise and /proc with 4 KiB pages: say so plainly elsewhere."""
+    if sys.platform != "linux":
+        raise RuntimeError(f"measuring fork needs Linux (fork, madvise, /proc); this is {sys.platform}")
+    if mmap.PAGESIZE != PAGE_SIZE:
+        raise RuntimeError(f"measuring fork needs 4 KiB pages; this kernel's are {mmap.PAGESIZE} bytes")
+
+
+def meminfo_kb(field_name: str) -> int:
+    """A line of /proc/meminfo (MemTotal, MemAvailable), in kB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def thp_setting(name: str = "enabled") -> str | None:
+    """The chosen word of /sys/kernel/mm/transparent_hugepage/NAME ('madvise' of 'always
+    [madvise] never'), or None on a kernel built without THP."""
+    try:
+        with open(f"{THP_SYSFS}/{name}") as f:
+            words = f.read().split()
+    except FileNotFoundError:
+        return None
+    return next((w[1:-1] for w in words if w.startswith("[")), None)
+
+
+def process_anon_huge_kb() -> int:
+    """AnonHugePages of this whole process, from /proc/self/smaps_rollup."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def machine_info() -> dict:
+    """What a reader needs to compare runs: kernel, CPU, memory, THP, versions."""
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    return {
+        "kernel": os.uname().release,
+        "machine": os.uname().machine,
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_kb": meminfo_kb("MemTotal"),
+        "mem_available_kb": meminfo_kb("MemAvailable"),
+        "thp_enabled": thp_setting("enabled"),
+        "thp_defrag": thp_setting("defrag"),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "load_average": load_average(),
+    }
+
+
+class TouchedBuffer:
+    """A private anonymous mapping, `size` bytes of it from a 2 MiB boundary written page by
+    page, 4 KiB pages only (thp "off", MADV_NOHUGEPAGE) or huge pages asked for (thp "on",
+    MADV_HUGEPAGE). The advice is given before the first write, which decides the page size."""
+
+    def __init__(self, size: int, thp: str = "off"):
+        if thp not in THP_MODES:
+            raise ValueError(f"thp must be one of {THP_MODES}, not {thp!r}")
+        advice = {"off": mmap.MADV_NOHUGEPAGE, "on": mmap.MADV_HUGEPAGE}[thp]
+        self.size = size
+        self._map = mmap.mmap(-1, size + TABLE_SPAN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._map.madvise(advice)
+        whole = np.frombuffer(self._map, dtype=np.uint8)
+        start = whole.__array_interface__["data"][0]
+        skip = -start % TABLE_SPAN
+        self.address = start + skip
+        self._pages = whole[skip : skip + size : PAGE_SIZE]  # one byte of every page
+        self.write_every_page()
+
+    def write_every_page(self) -> None:
+        """Allocate every page the first time; after a fork, make every PTE writable again."""
+        self._pages[:] = 1
+
+    def close(self) -> None:
+        self._pages = None  # mmap refuses to close while a view of it exists
+        self._map.close()
+
+    def __enter__(self) -> TouchedBuffer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def time_fork() -> tuple[int, int]:
+    """Fork once, the child exiting at once: ns until fork returned in the parent, and until
+    waitpid had reaped the child."""
+    t0 = time.perf_counter_ns()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    t1 = time.perf_counter_ns()
+    os.waitpid(pid, 0)
+    return t1 - t0, time.perf_counter_ns() - t0
+
+
+def time_forks(buf: TouchedBuffer, repeats: int) -> tuple[list[int], list[int]]:
+    """`repeats` of time_fork, each of a parent that has just written its whole buffer."""
+    forks, waits = [], []
+    for i in range(repeats):
+        if i:
+            buf.write_every_page()  # the last child has gone: make every PTE writable again
+        fork_ns, wait_ns = time_fork()
+        forks.append(fork_ns)
+        waits.append(wait_ns)
+    return forks, waits
+
+
+def child_vmpte_kb() -> int:
+    """VmPTE of a child of this process, read while it waits on a pipe, before it exits."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        return read_status(pid)["VmPTE"]
+    finally:
+        os.close(w)  # the child's read returns: it exits
+        os.waitpid(pid, 0)
+
+
+# -- the simulator's prediction --------------------------------------------------------------
+
+
+def predict_vmpte_kb(address: int, size: int) -> int:
+    """VmPTE, in kB, of a ptsim x86_64 process that maps [address, address + size) private and
+    has every last-level table of it populated. One read in each table's span is enough: a read
+    maps the zero page (no frame used), and VmPTE counts tables, not the entries in them, so
+    the figure is the same as after touching every page (tests/test_measure.py checks it), in
+    hundredths of a second per GiB where touching every page takes seconds."""
+    arch = X86_64
+    ram = (size // arch.pte_span + 64) * arch.page_size  # every last-level table, the upper ones and spare
+    p = Machine(arch="x86_64", policy="copy", ram=ram).spawn()
+    p.mmap(address, size, "rw", False)
+    end = address + size
+    first_boundary = -(-address // arch.pte_span) * arch.pte_span
+    for addr in [address, *range(first_boundary, end, arch.pte_span)]:
+        p.read(addr, 1)
+    return p.status()["VmPTE"]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One size with THP off or on: every timing in ns, page tables in kB."""
+
+    size: int  # bytes touched
+    thp: str  # "off" or "on"
+    address: int  # where the touched range starts (2 MiB aligned)
+    fork_ns: list[int]  # one per repeat
+    fork_wait_ns: list[int]
+    vmpte_parent_kb: int  # this process's VmPTE while the buffer is mapped
+    vmpte_buffer_kb: int  # what mapping and touching the buffer added to it
+    vmpte_child_kb: int  # a child's VmPTE (it copies no table of a file mapping with no anon page)
+    anon_huge_kb: int  # what AnonHugePages gained: the buffer's huge pages
+    predicted_vmpte_kb: int  # ptsim's VmPTE for the same range (predict_vmpte_kb)
+
+    @property
+    def fork_ms(self) -> float:
+        return statistics.median(self.fork_ns) / 1e6
+
+    @property
+    def fork_wait_ms(self) -> float:
+        return statistics.median(self.fork_wait_ns) / 1e6
+
+    @property
+    def ptes(self) -> int:
+        """PTEs fork copies for the buffer: one per 4 KiB page outside the huge pages."""
+        return max(self.size - self.anon_huge_kb * KiB, 0) // PAGE_SIZE
+
+    @property
+    def tables(self) -> int:
+        """Last-level tables the child gets for the buffer: copied, or deposited for a huge PMD."""
+        return self.size // TABLE_SPAN
+
+
+DERIVED = ("fork_ms", "fork_wait_ms", "ptes", "tables")  # saved for readers, recomputed on load
+
+
+@dataclass
+class Skipped:
+    """A size and mode not measured, and why (memory, or no transparent huge pages)."""
+
+    size: int
+    thp: str
+    reason: str
+
+
+@dataclass
+class Results:
+    """What `run` measured, what it skipped and why, and on what machine."""
+
+    rows: list[Row]
+    skipped: list[Skipped] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+    repeats: int = 0
+    memory_limit: int = 0  # bytes one size could use
+    elapsed_s: float = 0.0
+
+    def latency_ms(self, latency: str) -> np.ndarray:
+        """The median of every row for `latency` ("fork" or "fork_wait"), in ms."""
+        if latency not in LATENCIES:
+            raise ValueError(f"latency must be one of {sorted(LATENCIES)}, not {latency!r}")
+        return np.array([getattr(r, f"{latency}_ms") for r in self.rows])
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def print_progress(done: int, total: int, message: str) -> None:
+    """The default progress: a line to stderr."""
+    print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """A progress callback for a notebook, `run(progress=ProgressBar())`: an ipywidgets bar
+    with the latest line under it, shown where it is made."""
+
+    def __init__(self):
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        self.bar, self.label = widgets.IntProgress(min=0, max=1), widgets.Label()
+        display(widgets.VBox([self.bar, self.label]))
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.bar.max, self.bar.value, self.label.value = total, done, message
+
+
+def measure_size(size: int, thp: str, repeats: int) -> Row:
+    """Time `repeats` forks of this process holding a touched buffer of `size` bytes."""
+    vmpte_before, huge_before = read_status()["VmPTE"], process_anon_huge_kb()
+    with TouchedBuffer(size, thp) as buf:
+        vmpte = read_status()["VmPTE"]
+        huge = max(process_anon_huge_kb() - huge_before, 0)
+        forks, waits = time_forks(buf, repeats)
+        child_kb = child_vmpte_kb()
+        address = buf.address
+    return Row(size, thp, address, forks, waits, vmpte, vmpte - vmpte_before, child_kb, huge,
+               predict_vmpte_kb(address, size))
+
+
+def _check_run_args(sizes, repeats, thp, memory_limit) -> list[int]:
+    if sizes is None:
+        sizes = default_sizes()
+    elif isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise ValueError(f"sizes must be a list of sizes, not {sizes!r}")
+    try:
+        sizes = [parse_size(s) if isinstance(s, str) else s for s in sizes]
+    except ValueError as e:
+        raise ValueError(f"sizes: {e}") from None
+    for s in sizes:
+        _check_size("sizes", s)
+    if not sizes or len(set(sizes)) != len(sizes):
+        raise ValueError(f"sizes must be distinct and at least one, not {sizes!r}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, not {repeats!r}")
+    if isinstance(thp, str) or not thp or len(set(thp)) != len(thp) or not set(thp) <= set(THP_MODES):
+        raise ValueError(f"thp must be distinct modes among {THP_MODES}, not {thp!r}")
+    if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit <= 0):
+        raise ValueError(f"memory_limit must be a positive number of bytes, not {memory_limit!r}")
+    return sorted(sizes)
+
+
+def _plan(sizes: list[int], thp, memory_limit: int, limit_says: str) -> tuple[list[tuple[int, str]], list[Skipped]]:
+    """Which (size, thp) pairs run, in order, and which are skipped and why."""
+    thp_enabled = thp_setting("enabled")
+    todo, skipped = [], []
+    for size in sizes:
+        for mode in thp:
+            if memory_needed(size) > memory_limit:
+                reason = (f"needs {memory_needed(size) / GiB:.2f} GiB (buffer and page tables), "
+                          f"more than the limit of {memory_limit / GiB:.2f} GiB ({limit_says})")
+            elif mode == "on" and thp_enabled in (None, "never"):
+                reason = f"transparent huge pages are {thp_enabled or 'not built'} on this kernel"
+            else:
+                todo.append((size, mode))
+                continue
+            skipped.append(Skipped(size, mode, reason))
+    return todo, skipped
+
+
+def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[str, ...] = THP_MODES,
+        memory_limit: int | None = None, progress: Progress | None = print_progress) -> Results:
+    """Measure fork at every size (default 64 MiB to 4 GiB, doubling) with THP off and on.
+
+    sizes: bytes or strings such as "64M", each a multiple of 2 MiB. repeats: forks per size;
+    the medians are reported. memory_limit: bytes one size may use (default half of
+    MemAvailable). progress(done, total, message) is called before the first size and after
+    each; None is silent."""
+    sizes = _check_run_args(sizes, repeats, thp, memory_limit)
+    require_linux()
+    started = time.perf_counter()
+    machine = machine_info()
+    if memory_limit is None:
+        memory_limit = machine["mem_available_kb"] * KiB // 2
+        limit_says = f"half of MemAvailable, {machine['mem_available_kb'] * KiB / GiB:.2f} GiB"
+    else:
+        limit_says = "memory_limit"
+    todo, skipped = _plan(sizes, thp, memory_limit, limit_says)
+    report = progress or (lambda done, total, message: None)
+    report(0, len(todo), f"{len(todo)} measurements, {repeats} forks each"
+           + "".join(f"; skipping {format_size(s.size)} THP {s.thp}: {s.reason}" for s in skipped))
+    rows = []
+    gc_was_enabled = gc.isenabled()
+    # No collection inside a timed region, and none in a child, whose writes to every object's
+    # header would make it copy the heap. Python 3.12 and later warn at a fork of a process with
+    # threads (Jupyter's kernel has some): the child only exits, so the warning does not apply.
+    gc.disable()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            measure_size(WARM_UP_SIZE, "off", 2)  # every path once, untimed
+            for done, (size, mode) in enumerate(todo, 1):
+                rows.append(measure_size(size, mode, repeats))
+                report(done, len(todo), _row_summary(rows[-1]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    machine["load_average_end"] = load_average()
+    return Results(rows, skipped, machine, repeats, memory_limit, round(time.perf_counter() - started, 3))
+
+
+def _row_summary(r: Row) -> str:
+    return (f"{format_size(r.size)}, THP {r.thp}: fork {r.fork_ms:.2f} ms, fork+exit+wait {r.fork_wait_ms:.2f} ms, "
+            f"VmPTE +{r.vmpte_buffer_kb} kB (ptsim {r.predicted_vmpte_kb} kB), huge pages {r.anon_huge_kb // 1024} MiB")
+
+
+# -- the cost model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """latency = fixed_ms + ns_per_pte * PTEs copied + us_per_table * tables, fitted."""
+
+    latency: str  # "fork" or "fork_wait"
+    fixed_ms: float
+    ns_per_pte: float
+    us_per_table: float | None  # None: every row had 512 PTEs per table, so the two mix
+    r2: float
+    points: int
+
+    def predict_ms(self, ptes, tables):
+        """The model's latency in ms for arrays (or numbers) of PTEs and tables."""
+        ms = self.fixed_ms + self.ns_per_pte * np.asarray(ptes) / 1e6
+        if self.us_per_table is not None:
+            ms = ms + self.us_per_table * np.asarray(tables) / 1e3
+        return ms
+
+    def __str__(self) -> str:
+        terms = [f"{self.fixed_ms:.3f} ms", f"{self.ns_per_pte:.1f} ns per PTE"]
+        if self.us_per_table is not None:
+            terms.append(f"{self.us_per_table:.2f} us per table")
+        sums = " ".join(f"{'-' if t.startswith('-') else '+'} {t.removeprefix('-')}" for t in terms[1:])
+        return f"{LATENCIES[self.latency]} = {terms[0]} {sums}  (R^2 {self.r2:.4f}, {self.points} rows)"
+
+
+def fit(results: Results, latency: str = "fork") -> CostModel:
+    """Least squares over the rows' medians. The largest rows weigh most, so the per-PTE cost
+    is the slope of the large sizes, where it dominates; the fixed cost then fits the small
+    rows less well (see the R^2). The per-table cost is fitted only when some rows have huge pages: with 4 KiB pages only,
+    there are always 512 PTEs per table and the two costs cannot be told apart."""
+    y = results.latency_ms(latency)
+    if len(y) < 2:
+        raise ValueError(f"results must have at least 2 measured rows to fit, not {len(y)}")
+    ptes = np.array([r.ptes for r in results.rows], dtype=float)
+    tables = np.array([r.tables for r in results.rows], dtype=float)
+    x = np.column_stack([np.ones_like(y), ptes / 1e6, tables / 1e3])  # ms per million PTEs = ns per PTE
+    if len(y) < 3 or np.linalg.matrix_rank(x) < 3:
+        x = x[:, :2]
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    spread = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float((residual**2).sum()) / spread if spread else 1.0
+    per_table = float(coef[2]) if len(coef) == 3 else None
+    return CostModel(latency, float(coef[0]), float(coef[1]), per_table, r2, len(y))
+
+
+# -- saving and loading ----------------------------------------------------------------------
+
+_PARSE = {"int": int, "float": float, "str": str, "list[int]": lambda text: [int(w) for w in text.split()]}
+ROW_FIELDS = [(f.name, _PARSE[f.type]) for f in dataclasses.fields(Row)]
+
+
+def save(results: Results, path: str | os.PathLike = "artifacts/measure") -> tuple[Path, Path]:
+    """Write the results to directory `path` as fork_cost.csv and fork_cost.json; return both
+    paths. The CSV has a row per measurement, the rest as `# key: JSON` comment lines first
+    (pandas.read_csv(path, comment="#") reads the rows)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"machine": results.machine, "repeats": results.repeats,
+              "memory_limit": results.memory_limit, "elapsed_s": results.elapsed_s}
+    rows = [{**dataclasses.asdict(r), **{name: getattr(r, name) for name in DERIVED}} for r in results.rows]
+    skipped = [dataclasses.asdict(s) for s in results.skipped]
+    json_path, csv_path = out / f"{FILE_STEM}.json", out / f"{FILE_STEM}.csv"
+    json_path.write_text(json.dumps({**header, "rows": rows, "skipped": skipped}, indent=1) + "\n")
+    with open(csv_path, "w", newline="") as f:
+        for key, value in header.items():
+            f.write(f"# {key}: {json.dumps(value)}\n")
+        for s in skipped:
+            f.write(f"# skipped: {json.dumps(s)}\n")
+        writer = csv.DictWriter(f, fieldnames=[name for name, _ in ROW_FIELDS] + list(DERIVED))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
+    return csv_path, json_path
+
+
+def load(path: str | os.PathLike) -> Results:
+    """Results saved by `save`: a directory (its fork_cost.json), a .json or a .csv file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{FILE_STEM}.json"
+    if path.suffix not in (".json", ".csv"):
+        raise ValueError(f"path must be a directory, a .json or a .csv file, not {str(path)!r}")
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        rows = [Row(**{name: r[name] for name, _ in ROW_FIELDS}) for r in data.pop("rows")]
+    else:
+        data, lines = {"skipped": []}, path.read_text().splitlines()
+        comments = [line[2:] for line in lines if line.startswith("# ")]
+        for key, _, value in (c.partition(": ") for c in comments):
+            if key == "skipped":
+                data["skipped"].append(json.loads(value))
+            else:
+                data[key] = json.loads(value)
+        table = csv.DictReader(line for line in lines if not line.startswith("#"))
+        rows = [Row(**{name: parse(r[name]) for name, parse in ROW_FIELDS}) for r in table]
+    skipped = [Skipped(**s) for s in data.pop("skipped")]
+    return Results(rows, skipped, **data)
+
+
+# -- showing ---------------------------------------------------------------------------------
+
+
+def format_table(results: Results) -> str:
+    """The medians and page-table sizes, a line per row, then what was skipped and why."""
+    lines = [f"median of {results.repeats} forks; VmPTE in kB; huge: MiB of the buffer in huge pages",
+             f"{'size':>8} {'THP':>3} {'fork ms':>8} {'+exit+wait':>10} {'huge':>6} "
+             f"{'VmPTE buffer':>12} {'ptsim':>6} {'parent':>7} {'child':>6}"]
+    for r in results.rows:
+        lines.append(f"{format_size(r.size):>8} {r.thp:>3} {r.fork_ms:8.2f} {r.fork_wait_ms:10.2f} {r.anon_huge_kb // 1024:6} "
+                     f"{r.vmpte_buffer_kb:12} {r.predicted_vmpte_kb:6} {r.vmpte_parent_kb:7} {r.vmpte_child_kb:6}")
+    lines += [f"skipped {format_size(s.size)} THP {s.thp}: {s.reason}" for s in results.skipped]
+    return "\n".join(lines)
+
+
+def plot(results: Results, model: CostModel | None = None):
+    """A Figure: fork latencies against size with THP off and on (and `model`'s line, if
+    given), and VmPTE against size, measured beside ptsim's prediction."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    fig, (ax_time, ax_pte) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    model_label = model and f"fitted {LATENCIES[model.latency]}"
+    for mode, marker, color in zip(THP_MODES, "os", ("tab:blue", "tab:orange")):
+        rows = [r for r in results.rows if r.thp == mode]
+        if not rows:
+            continue
+        mib = [r.size / MiB for r in rows]
+        ax_time.plot(mib, [r.fork_ms for r in rows], marker=marker, color=color, label=f"fork, THP {mode}")
+        ax_time.plot(mib, [r.fork_wait_ms for r in rows], marker=marker, color=color, linestyle="--",
+                     markerfacecolor="none", label=f"fork+exit+wait, THP {mode}")
+        if model is not None:
+            ax_time.plot(mib, model.predict_ms([r.ptes for r in rows], [r.tables for r in rows]), color="black",
+                         linewidth=0.8, label=model_label)
+            model_label = None  # one legend entry for the model's lines
+        ax_pte.plot(mib, [r.vmpte_buffer_kb for r in rows], marker=marker, color=color, linestyle="none",
+                    markersize=9 if mode == "off" else 5, label=f"measured: what the buffer added, THP {mode}")
+    by_size = {r.size: r.predicted_vmpte_kb for r in results.rows}
+    ax_pte.plot([s / MiB for s in sorted(by_size)], [by_size[s] for s in sorted(by_size)], color="black",
+                linewidth=0.8, label="ptsim: VmPTE of the same mapping")
+    for ax, ylabel, title in ((ax_time, "ms (median)", "fork on this machine"),
+                              (ax_pte, "VmPTE, kB", "page tables: measured and predicted")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([s / MiB for s in sorted(by_size)], [format_size(s) for s in sorted(by_size)], rotation=30)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("touched private memory")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> Results:
+    """The command: echo the arguments and the machine, measure, print the table and the fits,
+    save the CSV, JSON and a PNG of `plot` in --out."""
+    parser = argparse.ArgumentParser(prog="python -m ptsim.host.measure", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--min-size", type=_size_arg, default=DEFAULT_MIN_SIZE, help="smallest size (default 64M)")
+    parser.add_argument("--max-size", type=_size_arg, default=DEFAULT_MAX_SIZE,
+                        help="largest size; the sizes double from the smallest (default 4G)")
+    parser.add_argument("--repeats", type=int, default=5, help="forks per size; the median is printed (default 5)")
+    parser.add_argument("--thp", default="off,on", help="THP modes, comma-separated (default off,on)")
+    parser.add_argument("--memory-limit", type=_size_arg, help="bytes one size may use (default half of MemAvailable)")
+    parser.add_argument("--out", default="artifacts/measure",
+                        help="directory for the CSV, JSON and PNG (default artifacts/measure)")
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        print(f"ARG {name} {format_size(value) if isinstance(value, int) and name != 'repeats' else value}")
+    try:
+        sizes = default_sizes(args.min_size, args.max_size)
+        require_linux()
+        m = machine_info()
+        print(f"machine: Linux {m['kernel']} {m['machine']}, {m['cpus']} CPUs ({m['cpu_model']}), "
+              f"{m['mem_total_kb'] / (1 << 20):.1f} GiB, MemAvailable {m['mem_available_kb'] / (1 << 20):.1f} GiB, "
+              f"THP enabled={m['thp_enabled']} defrag={m['thp_defrag']}")
+        print(f"python {m['python']}, numpy {m['numpy']}, load average {m['load_average']}\n", flush=True)
+        results = run(sizes, args.repeats, tuple(args.thp.split(",")), args.memory_limit)
+    except (ValueError, RuntimeError) as e:
+        parser.error(str(e))
+    print(format_table(results))
+    print()
+    if len(results.rows) >= 2:
+        for latency in LATENCIES:
+            print(fit(results, latency))
+        print(f"(ANCHORS.md section 3: about {ANCHOR_NS_PER_PTE} ns per PTE for fork on the project's machine)")
+    saved = list(save(results, args.out))
+    if results.rows:
+        figure = plot(results, fit(results) if len(results.rows) >= 2 else None)
+        saved.append(Path(args.out) / f"{FILE_STEM}.png")
+        figure.savefig(saved[-1], dpi=100)
+        figure.clf()
+    print(f"\nthe run took {results.elapsed_s:.1f} s, load average at the end {results.machine['load_average_end']}")
+    print("saved " + ", ".join(map(str, saved)))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""ptsim.host.measure: a tiny real measurement of this machine's fork, its page tables beside
+ptsim's, saving and loading, the fitted cost model, the memory bound and bad arguments."""
+
+import csv
+import sys
+
+import numpy as np
+import pytest
+
+from ptsim import Machine
+from ptsim.hardware import ARCHES
+from ptsim.host import measure
+from ptsim.host.measure import GiB, KiB, MiB, Results, Row
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="measures the Linux kernel this runs on")
+X86_64 = ARCHES["x86_64"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """8 and 16 MiB, THP off and on, 2 forks each, with every progress call recorded."""
+    calls = []
+    results = measure.run(sizes=["8M", 16 * MiB], repeats=2, progress=lambda *call: calls.append(call))
+    return results, calls
+
+
+@linux_only
+def test_tiny_run_measures_every_size_and_mode_in_order(tiny):
+    results, calls = tiny
+    huge_pages_possible = measure.thp_setting("enabled") not in (None, "never")
+    modes = ("off", "on") if huge_pages_possible else ("off",)
+    assert [(r.size, r.thp) for r in results.rows] == [(s, m) for s in (8 * MiB, 16 * MiB) for m in modes]
+    for r in results.rows:
+        assert len(r.fork_ns) == len(r.fork_wait_ns) == results.repeats == 2
+        assert all(0 < f < w for f, w in zip(r.fork_ns, r.fork_wait_ns))  # the wait comes after the fork
+        assert r.address % (2 * MiB) == 0
+        assert r.vmpte_parent_kb > r.vmpte_buffer_kb
+        assert r.tables == r.size // (2 * MiB)
+    assert all(r.anon_huge_kb == 0 and r.ptes == r.size // 4096 for r in results.rows if r.thp == "off")
+    assert [c[:2] for c in calls] == [(i, len(results.rows)) for i in range(len(results.rows) + 1)]
+    assert "8 MiB, THP off" in calls[1][2]
+
+
+@linux_only
+def test_thp_on_reports_the_huge_pages_the_kernel_gave(tiny):
+    results, _ = tiny
+    if measure.thp_setting("enabled") in (None, "never"):
+        assert {(s.thp, "transparent huge pages are" in s.reason) for s in results.skipped} == {("on", True)}
+        return
+    for r in (r for r in results.rows if r.thp == "on"):
+        assert 0 <= r.anon_huge_kb * KiB <= r.size
+        assert r.ptes == (r.size - r.anon_huge_kb * KiB) // 4096
+
+
+@linux_only
+def test_measured_vmpte_is_ptsims_less_the_upper_tables_the_process_had(tiny):
+    """The slack, measured: ptsim's process maps only the buffer, so its VmPTE also counts the
+    pud and the pmds above it (a pud maps 512 GiB, a pmd 1 GiB); the interpreter's process
+    already had some of them for its own mappings. Every last-level table is counted in both,
+    and in the child, which copies them (THP on: deposits one beside each huge PMD)."""
+    results, _ = tiny
+    for r in results.rows:
+        end = r.address + r.size - 1
+        upper = sum(end // X86_64.span(level) - r.address // X86_64.span(level) + 1 for level in (1, 2))
+        assert r.predicted_vmpte_kb == 4 * (r.tables + upper)
+        assert 4 * r.tables <= r.vmpte_buffer_kb <= r.predicted_vmpte_kb
+        assert r.vmpte_child_kb >= 4 * r.tables
+
+
+@pytest.mark.parametrize("address, size", [(0x7F00_0000_0000, 8 * MiB), (0x7F00_3FF0_1000, 5 * MiB + 12 * KiB)])
+def test_prediction_from_a_read_per_table_equals_touching_every_page(address, size):
+    p = Machine(arch="x86_64", ram=16 * MiB).spawn()
+    p.mmap(address, size, "rw", False)
+    for page in range(address, address + size, 4096):
+        p.write(page, b"x")
+    assert measure.predict_vmpte_kb(address, size) == p.status()["VmPTE"]
+
+
+@linux_only
+def test_save_then_load_gives_the_same_results_from_csv_and_json(tiny, tmp_path):
+    results, _ = tiny
+    results.skipped.append(measure.Skipped(4 * GiB, "on", "an example reason, with a comma"))
+    try:
+        csv_path, json_path = measure.save(results, tmp_path / "out")
+    finally:
+        results.skipped.pop()
+    loaded = [measure.load(csv_path), measure.load(json_path), measure.load(tmp_path / "out")]
+    assert all(r.skipped[-1].reason == "an example reason, with a comma" for r in loaded)
+    for r in loaded:
+        r.skipped.pop()
+        assert r == results
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert [float(r["fork_ms"]) for r in rows] == [r.fork_ms for r in results.rows]
+
+
+def synthetic(fixed_ms, ns_per_pte, us_per_table, modes=("off", "on"), noise=0.0):
+    """Rows whose latencies follow the model exactly (or with seeded relative noise)."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for size in measure.default_sizes():
+        for mode in modes:
+            row = Row(size, mode, 0, [0], [0], 0, 0, 0, size // KiB if mode == "on" else 0, 0)
+            ms = fixed_ms + ns_per_pte * row.ptes / 1e6 + us_per_table * row.tables / 1e3
+            row.fork_ns = [round(ms * 1e6 * (1 + noise * rng.standard_normal()))]
+            row.fork_wait_ns = [2 * row.fork_ns[0]]
+            rows.append(row)
+    return Results(rows, repeats=1)
+
+
+def test_fit_recovers_known_coefficients():
+    model = measure.fit(synthetic(0.4, 51.0, 1.5))
+    assert (model.fixed_ms, model.ns_per_pte, model.us_per_table) == pytest.approx((0.4, 51.0, 1.5), rel=1e-6)
+    assert model.r2 == pytest.approx(1.0) and model.points == 14
+    noisy = measure.fit(synthetic(0.4, 51.0, 1.5, noise=0.01), "fork_wait")
+    assert (noisy.ns_per_pte, noisy.us_per_table) == pytest.approx((102.0, 3.0), rel=0.05)
+
+
+def test_fit_without_huge_pages_folds_the_table_cost_into_the_pte_cost():
+    model = measure.fit(synthetic(0.4, 51.0, 1.5, modes=("off",)))
+    assert model.us_per_table is None
+    assert (model.fixed_ms, model.ns_per_pte) == pytest.approx((0.4, 51.0 + 1500 / 512), rel=1e-6)
+    assert "per table" not in str(model) and "ns per PTE" in str(model)
+
+
+@linux_only
+def test_sizes_beyond_the_memory_limit_are_skipped_with_the_reason():
+    results = measure.run(sizes=["8M", "64M"], repeats=1, thp=("off",), memory_limit=measure.memory_needed(8 * MiB),
+                          progress=None)
+    assert [r.size for r in results.rows] == [8 * MiB]
+    [skip] = results.skipped
+    assert (skip.size, skip.thp) == (64 * MiB, "off")
+    assert "needs 0.06 GiB" in skip.reason and "memory_limit" in skip.reason
+
+
+@linux_only
+def test_by_default_the_limit_is_half_of_memavailable():
+    results = measure.run(sizes=["1T"], repeats=1, thp=("off",), progress=None)
+    assert results.rows == [] and "half of MemAvailable" in results.skipped[0].reason
+    assert results.memory_limit == pytest.approx(measure.meminfo_kb("MemAvailable") * KiB / 2, rel=0.2)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"sizes": [3 * MiB]}, "sizes"), ({"sizes": "64M"}, "sizes"), ({"sizes": []}, "sizes"),
+    ({"sizes": ["lots"]}, "sizes"), ({"sizes": [8 * MiB, "8M"]}, "sizes"), ({"sizes": [True]}, "sizes"),
+    ({"repeats": 0}, "repeats"), ({"repeats": 1.5}, "repeats"), ({"repeats": True}, "repeats"),
+    ({"thp": "on"}, "thp"), ({"thp": ("off", "off")}, "thp"), ({"thp": ("huge",)}, "thp"), ({"thp": ()}, "thp"),
+    ({"memory_limit": 0}, "memory_limit"), ({"memory_limit": "1G"}, "memory_limit"),
+])
+def test_bad_run_arguments_raise_value_error_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        measure.run(**{"sizes": ["8M"], "progress": None, **kwargs})
+
+
+def test_other_bad_arguments_raise_value_error_naming_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="^max_size"):
+        measure.default_sizes(64 * MiB, 32 * MiB)
+    with pytest.raises(ValueError, match="^min_size"):
+        measure.default_sizes(MiB)
+    with pytest.raises(ValueError, match="^results"):
+        measure.fit(Results(synthetic(0.4, 51.0, 1.5).rows[:1]))
+    with pytest.raises(ValueError, match="^latency"):
+        measure.fit(synthetic(0.4, 51.0, 1.5), "exit")
+    with pytest.raises(ValueError, match="^path"):
+        measure.load(tmp_path / "results.txt")
+
+
+def test_run_elsewhere_than_linux_says_it_needs_linux(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(RuntimeError, match="needs Linux.*darwin"):
+        measure.run(sizes=["8M"], progress=None)
+
+
+@linux_only
+def test_plot_draws_both_modes_and_the_prediction(tiny):
+    import matplotlib.pyplot as plt
+
+    results, _ = tiny
+    model = measure.fit(results)
+    fig = measure.plot(results, model)
+    try:
+        ax_time, ax_pte = fig.axes
+        labels = [line.get_label() for line in ax_time.lines]
+        assert "fork, THP off" in labels and "fitted fork" in labels
+        [predicted] = [line for line in ax_pte.lines if line.get_label().startswith("ptsim")]
+        assert list(predicted.get_ydata()) == sorted({r.predicted_vmpte_kb for r in results.rows})
+    finally:
+        plt.close(fig)
+
+
+@linux_only
+def test_command_prints_the_table_and_saves_it(tmp_path, capsys):
+    results = measure.main(["--min-size", "8M", "--max-size", "16M", "--repeats", "2", "--thp", "off",
+                            "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.startswith("ARG min_size 8 MiB\nARG max_size 16 MiB\n")
+    assert "   8 MiB off" in out and "  16 MiB off" in out and "ns per PTE" in out
+    assert measure.load(tmp_path) == results
+    assert (tmp_path / "fork_cost.png").stat().st_size > 0
+
+
+@linux_only
+def test_progress_bar_follows_the_run():
+    bar = measure.ProgressBar()
+    results = measure.run(sizes=["8M"], repeats=1, thp=("off",), progress=bar)
+    assert (bar.bar.value, bar.bar.max) == (1, 1) == (len(results.rows), 1)
+    assert bar.label.value.startswith("8 MiB, THP off")
