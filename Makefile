@@ -1,4 +1,6 @@
-# `make book` opens the book, `make test` runs every test, `make bench` prints the fork figures.
+# `make book` opens the book, `make test` runs every test, `make bench` prints the fork figures,
+# `make measure` measures this machine's real kernel, `make chapters` re-runs every chapter in a
+# fresh kernel and stores its outputs (timed, against the 30 s budget).
 # Each creates .venv on first use (with the Python that runs `python3`, 3.11 or newer) and
 # reuses it after; it is rebuilt when pyproject.toml changes.
 
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told to.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: book test bench
+.PHONY: book test bench measure chapters
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ptsim needs Python 3.11 or newer, and $(PYTHON) is " + sys.version.split()[0])'
@@ -18,11 +20,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Opens on the first chapter that book.toml lists (or on the folder, while it lists none).
 book: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $$($(BIN)/python -m tools.book first)
 
 test: $(STAMP)
+	@sh tools/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/fork_bench.py
+
+measure: $(STAMP)
+	$(BIN)/python -m ptsim.host.measure
+
+chapters: $(STAMP)
+	$(BIN)/python -m tools.book run

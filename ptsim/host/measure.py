@@ -79,7 +79,7 @@ TABLE_SPAN = X86_64.pte_span  # what one last-level table maps, and the size of 
 THP_MODES = ("off", "on")
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 64 * MiB, 4 * GiB
 WARM_UP_SIZE = 4 * MiB
-ANCHOR_NS_PER_PTE = 51  # ANCHORS.md section 3: fork on the project's 2-CPU machine, kernel 6.18
+BOOK_MACHINE_NS_PER_PTE = 51  # fork per PTE on the book's machine (Linux 6.18, 2 vCPUs), measured 2026-11-25
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 FILE_STEM = "fork_cost"  # save() writes fork_cost.csv and fork_cost.json
 LATENCIES = {"fork": "fork", "fork_wait": "fork+exit+wait"}
@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> Results:
     if len(results.rows) >= 2:
         for latency in LATENCIES:
             print(fit(results, latency))
-        print(f"(ANCHORS.md section 3: about {ANCHOR_NS_PER_PTE} ns per PTE for fork on the project's machine)")
+        print(f"(the book's machine, Linux 6.18, 2026-11-25: about {BOOK_MACHINE_NS_PER_PTE} ns per PTE for fork)")
     saved = list(save(results, args.out))
     if results.rows:
         figure = plot(results, fit(results) if len(results.rows) >= 2 else None)

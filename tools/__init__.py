@@ -1,0 +1,1 @@
+"""The book's tooling (not part of ptsim): reading book.toml, executing chapters."""
