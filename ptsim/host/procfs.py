@@ -16,7 +16,6 @@ import struct
 
 PAGEMAP_ENTRY_BYTES = 8
 PM_PFN_MASK = (1 << 55) - 1
-PM_EXCLUSIVE = 1 << 56  # the page is mapped by this one process only
 PM_PRESENT = 1 << 63
 
 
