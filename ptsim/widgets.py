@@ -421,10 +421,10 @@ class Stepper(widgets.VBox):
     at the instant the kernel reported event k. Most steps are reported once done (a table
     shared, copied or unshared, entries zapped or changed, a page mapped); a batch of tables
     reported one by one after the batch (copy_table, share_table) shows whole from its first
-    event on. Three are reported before their last write, which the next step shows:
-    `alloc_table` (the upper entry is not yet pointed at the new table), `copy_page` (the
-    entry still maps the old page) and `free_table` (the table is still linked; it is freed
-    after the TLB flush, as is any page a zap drops, after the last event). After the stepper
+    event on. Two are reported before their last write, which the next step shows:
+    `alloc_table` (the upper entry is not yet pointed at the new table) and `free_table` (the
+    table is still linked; it is freed after the TLB flush, as is any page a zap drops, after
+    the last event). After the stepper
     is made the machine is as the call left it.
 
     processes: None (every live process at each step, a fork's child included from the

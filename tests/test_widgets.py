@@ -312,10 +312,10 @@ def test_stepper_over_a_child_write_shows_the_unshare_then_the_copy():
         at = s.machine_at(step).kernel
         return at.entry_pfn(at.follow_pte(at.tasks[2].mm, a))
 
-    # copy_page is reported once the page is copied, before the entry points at the copy:
+    # copy_page is reported once the page is copied and the child's entry points at the copy:
     copied = s.machine_at(k).kernel
     assert bytes(copied.phys.frame_bytes(new_page)) == bytes(copied.phys.frame_bytes(old_page))
-    assert child_maps(k) == old_page and child_maps(k + 1) == new_page
+    assert child_maps(k - 1) == old_page and child_maps(k) == new_page
     assert child.read(a, 1) == b"x"
 
 

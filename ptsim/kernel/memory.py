@@ -134,8 +134,8 @@ def do_wp_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, p
     else:
         mm.rss += 1  # the zero page was not counted; its replacement is
     k.tracer.count("fault_wp_copy")
-    k.tracer.emit("do_wp_page", "copy_page", pid=mm.owner, addr=addr, table=table, frame=new, detail={"from": old})
     k.set_entry(table, index, k.arch.mk_entry(new, _PAGE_NEW | _PAGE_RW | _PAGE_DIRTY))
+    k.tracer.emit("do_wp_page", "copy_page", pid=mm.owner, addr=addr, table=table, frame=new, detail={"from": old})
     k.flush_tlb_range(mm, addr, addr + 1, "do_wp_page")  # ptep_clear_flush, before the old page can go
     if old != ZERO_PFN:
         put_pages(k, np.array([old]))
