@@ -23,7 +23,7 @@ a sharer gets (`table_entry`), `wrprotect_for_sharing`, `prepare_pte_write` and 
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import numpy as np
 
@@ -40,8 +40,8 @@ def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
     with k.transaction(parent, 0, k.arch.task_size, frames_bound):
         child = k.mm_alloc(pid)
         for vma in parent.vmas:
-            twin = copy.copy(vma)
-            twin.anon_vma_forked = vma.anon_vma  # anon_vma_fork: the child's chain links the parent's
+            # anon_vma_fork: the child's anon_vma chain links the parent's
+            twin = dataclasses.replace(vma, anon_vma_forked=vma.anon_vma)
             if vma.shmem is not None:
                 vma.shmem.nr_vmas += 1
             child.vmas.append(twin)
