@@ -89,7 +89,7 @@ class Kernel:
         """The tables in frames `pfns` as views of physical memory, run by run of consecutive
         frames (page tables are allocated side by side), GATHER_TABLES at most at a time."""
         pfns = np.sort(pfns)
-        starts = np.flatnonzero(np.diff(pfns, prepend=-2) != 1).tolist()
+        starts = [0, *(np.flatnonzero(pfns[1:] != pfns[:-1] + 1) + 1).tolist()]
         pfns = pfns.tolist()
         for start, end in zip(starts, starts[1:] + [len(pfns)]):
             for i in range(start, end, GATHER_TABLES):

@@ -63,6 +63,11 @@ def copy_page_range(k: Kernel, dst: MM, src: MM, vma: VMA) -> None:
         k.policy.copy_pte_tables(k, dst, src, vma, dst_pmd, src_pmd, present, pmd_base)
 
 
+def whole_tables(k: Kernel, vma: VMA, bases: np.ndarray) -> np.ndarray:
+    """For each last-level table mapping from one of `bases`, whether it lies whole in `vma`."""
+    return (bases >= vma.start) & (bases + k.arch.pte_span <= vma.end)
+
+
 def entry_range(k: Kernel, vma: VMA, base: int) -> tuple[int, int]:
     """Entries [a, b) of the table mapping from `base` that lie inside `vma`."""
     shift, span = k.arch.page_shift, k.arch.pte_span
@@ -88,7 +93,7 @@ class CopyPolicy:
         src_tables = k.pfns_of(tables[src_pmd, indexes])
         dst_tables = k.pfns_of(tables[dst_pmd, indexes])
         bases = pmd_base + indexes * k.arch.pte_span
-        whole = (bases >= vma.start) & (bases + k.arch.pte_span <= vma.end)
+        whole = whole_tables(k, vma, bases)
         if whole.any():
             copy_pte_range(k, dst, vma, src_tables[whole], dst_tables[whole], 0, k.arch.entries)
         for i in np.flatnonzero(~whole):
@@ -156,7 +161,7 @@ class SharedPolicy(CopyPolicy):
         bases = pmd_base + fresh * k.arch.pte_span
         first_time = mem_map.refcount[shared] == 2
         if first_time.any():
-            self.wrprotect_for_sharing(k, src, src_pmd, fresh[first_time], shared[first_time], bases[first_time])
+            self.wrprotect_for_sharing(k, src, vma, src_pmd, fresh[first_time], shared[first_time], bases[first_time])
         if k.tracer.events is not None:
             for t, base in zip(shared, bases):
                 k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
@@ -166,16 +171,17 @@ class SharedPolicy(CopyPolicy):
         # so the child maps exactly the pages and swap entries the parent maps.
         child.rss, child.swapents = parent.rss, parent.swapents
 
-    def wrprotect_for_sharing(self, k, mm: MM, pmd: int, indexes, shared, bases) -> None:
-        """Count 1 -> 2: clear RW on every private entry of these tables (sharing rule 2).
+    def wrprotect_for_sharing(self, k, mm: MM, vma: VMA, pmd: int, indexes, shared, bases) -> None:
+        """Count 1 -> 2: clear RW on every private entry of these tables of `vma` (sharing rule 2).
 
         MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
         """
-        inside = _inside_private_vma(mm, bases, k.arch.pte_span)
+        whole = whole_tables(k, vma, bases)
         wrprotected = 0
-        for rows in k.table_runs(shared[inside]):  # the usual case: inside one private VMA
-            wrprotected += k.clear_counting(rows, _PAGE_RW)
-        for table, base in zip(shared[~inside].tolist(), bases[~inside].tolist()):
+        if not vma.shared:  # the usual case: tables that lie whole inside one private VMA
+            for rows in k.table_runs(shared[whole]):
+                wrprotected += k.clear_counting(rows, _PAGE_RW)
+        for table, base in zip(shared[~whole].tolist(), bases[~whole].tolist()):  # VMAs' edges
             wrprotected += wrprotect_private_entries(k, mm, table, base)
         k.tracer.count("ptes_wrprotected", wrprotected)
 
@@ -233,7 +239,7 @@ class UpperWrprotectPolicy(SharedPolicy):
     name = "upper_wp"
     table_entry = _PAGE_TABLE & ~_PAGE_RW
 
-    def wrprotect_for_sharing(self, k, mm: MM, pmd: int, indexes, shared, bases) -> None:
+    def wrprotect_for_sharing(self, k, mm: MM, vma: VMA, pmd: int, indexes, shared, bases) -> None:
         k.phys.tables[pmd, indexes] &= k.arch.clear_bits(_PAGE_RW)
 
     def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
@@ -264,15 +270,6 @@ def wrprotect_private_entries(k: Kernel, mm: MM, table: int, base: int) -> int:
             wrprotected += int(np.count_nonzero(tables[table, a:b] & _PAGE_RW))
             tables[table, a:b] &= clear_rw
     return wrprotected
-
-
-def _inside_private_vma(mm: MM, bases: np.ndarray, span: int) -> np.ndarray:
-    """For each table base, whether [base, base + span) lies inside one private VMA."""
-    starts = np.array([v.start for v in mm.vmas], dtype=np.int64)
-    ends = np.array([v.end for v in mm.vmas], dtype=np.int64)
-    private = np.array([not v.shared for v in mm.vmas], dtype=bool)
-    i = np.searchsorted(starts, bases, side="right") - 1
-    return (i >= 0) & (ends[i] >= bases + span) & private[i]
 
 
 POLICIES = {p.name: p for p in (CopyPolicy(), SharedPolicy(), UpperWrprotectPolicy())}
