@@ -83,7 +83,7 @@ class MemMap:
             raise OutOfMemory(f"{n} frame(s) needed, {self.nr_free} free")
         first, second = (self.unmovable, self.movable) if kind == PG_PGTABLE else (self.movable, self.unmovable)
         taken = min(n, first.nr)
-        pfns = np.concatenate([first.pop(taken), second.pop(n - taken)])
+        pfns = first.pop(n) if taken == n else np.concatenate([first.pop(taken), second.pop(n - taken)])
         self.kind[pfns] = kind
         self.refcount[pfns] = 1
         return pfns
