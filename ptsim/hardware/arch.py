@@ -15,6 +15,7 @@ present entry) is _PAGE_PROTNONE, a page the kernel keeps mapped but that PROT_N
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -41,7 +42,11 @@ PF_USER = 1 << 2
 
 @dataclass(frozen=True)
 class Arch:
-    """A paging geometry: how many levels, how wide a table, how big a page."""
+    """A paging geometry: how many levels, how wide a table, how big a page.
+
+    The figures derived from the fields are computed once, on first use: the kernel and the
+    MMU ask for them on every walk.
+    """
 
     name: str
     levels: int  # paging levels, root (CR3 points at it) first
@@ -57,29 +62,34 @@ class Arch:
         assert self.entries * self.entry_bytes == self.page_size, "a table fills one page"
         assert len(self.level_names) == self.levels
 
-    @property
+    @cached_property
     def page_size(self) -> int:
         return 1 << self.page_shift
 
-    @property
+    @cached_property
     def index_bits(self) -> int:
         return self.entries.bit_length() - 1
 
-    @property
+    @cached_property
     def va_bits(self) -> int:
         return self.page_shift + self.levels * self.index_bits
 
-    @property
+    @cached_property
     def dtype(self):
         return np.dtype("<u8" if self.entry_bytes == 8 else "<u4")  # x86 is little-endian
 
-    @property
+    @cached_property
     def pfn_mask(self) -> int:
         return ((1 << self.pfn_bits) - 1) << PFN_SHIFT
 
+    @cached_property
+    def shifts(self) -> tuple[int, ...]:
+        """For each level (0 = root), the address bit where the index into its tables starts."""
+        return tuple(self.page_shift + (self.levels - 1 - level) * self.index_bits for level in range(self.levels))
+
     def shift(self, level: int) -> int:
         """Address bit where the index into a table of `level` (0 = root) starts."""
-        return self.page_shift + (self.levels - 1 - level) * self.index_bits
+        return self.shifts[level]
 
     def span(self, level: int) -> int:
         """Bytes of address space one table of `level` maps."""
@@ -88,7 +98,7 @@ class Arch:
     def index(self, level: int, vaddr: int) -> int:
         return (vaddr >> self.shift(level)) & (self.entries - 1)
 
-    @property
+    @cached_property
     def pte_span(self) -> int:
         """Bytes one last-level table maps (2 MiB on x86_64, 4 MiB on i386)."""
         return self.span(self.levels - 1)
