@@ -87,7 +87,7 @@ class ThreeWay(RuleBasedStateMachine):
         self.machines = {p: ptsim.Machine(arch=self.arch, policy=p, ram=self.ram) for p in POLICIES}
         a = self.machines["copy"].arch
         self.page = a.page_size
-        self.oracle = Oracle(a.page_size, a.task_size, a.mmap_min_addr)
+        self.oracle = Oracle(a.page_size, a.task_size, a.mmap_min_addr, a.thp_mmap_align)
         self.base, self.npages, self.boundaries = WINDOWS[self.arch]
         self.procs = []  # the live ones: (one process per policy, in POLICIES order, oracle pid)
 
@@ -120,7 +120,8 @@ class ThreeWay(RuleBasedStateMachine):
         a, n = self.addr(page), self.length(page, npages)
         self.play(i, lambda p: p.mmap(a, n, prot, shared), lambda o: self.oracle.mmap(o, a, n, prot, shared))
 
-    @rule(i=st.integers(0, 7), npages=st.integers(1, 4), shared=st.booleans(), data=st.binary(min_size=1, max_size=8))
+    @rule(i=st.integers(0, 7), npages=st.one_of(st.integers(1, 4), st.sampled_from([8, 16, 24])), shared=st.booleans(),
+          data=st.binary(min_size=1, max_size=8))
     def mmap_anywhere_and_use(self, i, npages, shared, data):
         n = npages * self.page
         kind, addr = self.play(i, lambda p: p.mmap(None, n, "rw", shared), lambda o: self.oracle.mmap(o, None, n, "rw", shared))

@@ -19,7 +19,10 @@ and, against the `copy` policy, in every minor-fault count, which follows these 
   on private memory mapped or made writable, and cleared when an mprotect makes it
   read-only before it ever held a page;
 - mprotect to "rw" makes a private mapping writable only where the page is exclusively this
-  process's since its last fork or copy (PG_anon_exclusive).
+  process's since its last fork or copy (PG_anon_exclusive);
+- mmap given no address takes the highest gap that fits; a private mapping a whole number of
+  `thp_align` bytes long (0: never) starts on such a boundary, in the highest gap with room
+  for `thp_align` bytes more, if there is one (Linux's THP alignment of anonymous memory).
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class OracleProcess:
 
 
 class Oracle:
-    def __init__(self, page_size: int, task_size: int, mmap_min_addr: int):
+    def __init__(self, page_size: int, task_size: int, mmap_min_addr: int, thp_align: int = 0):
         self.page_size, self.task_size, self.mmap_min_addr = page_size, task_size, mmap_min_addr
+        self.thp_align = thp_align
         self.procs: dict[int, OracleProcess] = {}
         self._pids = count(1)
 
@@ -138,19 +142,28 @@ class Oracle:
     def mmap(self, pid: int, addr, length: int, prot: str, shared: bool) -> int:
         proc = self._proc(pid)
         size = -(-length // self.page_size) * self.page_size
-        if addr is None:  # the highest gap that fits
-            top = self.task_size
-            for area in sorted(proc.areas, key=lambda a: -a.start):
-                if area.end <= top - size:
-                    break
-                top = min(top, area.start)
-            addr = top - size
+        if addr is None:
+            addr = self._place(proc, size, shared)
         start, end = self._range(addr, length, self.mmap_min_addr)
         self._unmap(proc, start, end)
         proc.areas.append(Area(start, end, prot, {} if shared else None, account=not shared and "w" in prot))
         proc.areas.sort(key=lambda a: a.start)
         self._merge(proc, start, end)
         return start
+
+    def _place(self, proc: OracleProcess, size: int, shared: bool) -> int:
+        """The address mmap picks for `size` bytes."""
+        bounds = sorted([(a.start, a.end) for a in proc.areas] + [(self.task_size, self.task_size)])
+        gaps = [(lo, hi) for (_, lo), (hi, _) in zip([(0, self.mmap_min_addr), *bounds], bounds) if hi > lo]
+        align = self.thp_align
+        if align and not shared and size % align == 0:
+            roomy = [hi for lo, hi in gaps if hi - lo >= size + align]
+            if roomy:
+                return (max(roomy) - size) // align * align
+        fits = [hi for lo, hi in gaps if hi - lo >= size]
+        if not fits:
+            raise ValueError("length: no gap fits")
+        return max(fits) - size
 
     def _merge(self, proc: OracleProcess, start: int, end: int) -> None:
         """Join the areas that meet at an address in [start, end], where Linux would."""

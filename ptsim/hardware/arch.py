@@ -103,6 +103,13 @@ class Arch:
         """Bytes one last-level table maps (2 MiB on x86_64, 4 MiB on i386)."""
         return self.span(self.levels - 1)
 
+    @cached_property
+    def thp_mmap_align(self) -> int:
+        """The boundary a 64-bit Linux (6.7 on) gives a private anonymous mapping whose length
+        is a multiple of it, when mmap is given no address: one last-level table's span
+        (PMD_SIZE), so that a transparent huge page could map it. 32-bit kernels do not: 0."""
+        return self.pte_span if self.entry_bytes == 8 else 0
+
     def mk_entry(self, pfn: int, flags: int) -> int:
         return (pfn << PFN_SHIFT) | flags
 

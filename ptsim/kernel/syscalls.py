@@ -55,16 +55,34 @@ def _all_mapped(mm, start: int, end: int, call: str) -> None:
         raise ValueError(f"addr, length: {call} of [{start:#x}, {end:#x}) covers unmapped memory at {covered:#x} (ENOMEM)")
 
 
-def get_unmapped_area(k: Kernel, mm, length: int) -> int:
-    """The highest free range below task_size, as Linux's top-down allocator picks."""
+def get_unmapped_area(k: Kernel, mm, length: int, shared: bool) -> int:
+    """Where mmap puts a mapping it is given no address for: top-down, as Linux does.
+
+    A private mapping whose length is a whole number of last-level table spans goes on a
+    span boundary on a 64-bit geometry (`arch.thp_mmap_align`), where a transparent huge page
+    could map it, as Linux does since 6.7 (thp_get_unmapped_area): the highest free range
+    with room for one span more, its start rounded down. Failing that, or for any other
+    mapping, the highest free range that fits.
+    """
+    align = k.arch.thp_mmap_align
+    if align and not shared and length % align == 0:
+        top = _free_range_top(k, mm, length + align)
+        if top is not None:
+            return (top - length) & ~(align - 1)
+    top = _free_range_top(k, mm, length)
+    if top is None:
+        raise ValueError(f"length: no free range of {length:#x} bytes left in the address space")
+    return top - length
+
+
+def _free_range_top(k: Kernel, mm, length: int) -> int | None:
+    """The end of the highest free range below task_size that `length` bytes fit in."""
     top = k.arch.task_size
     for vma in reversed(mm.vmas):
         if vma.end <= top - length:
-            return top - length
+            return top
         top = min(top, vma.start)
-    if top - length >= k.arch.mmap_min_addr:
-        return top - length
-    raise ValueError(f"length: no free range of {length:#x} bytes left in the address space")
+    return top if top - length >= k.arch.mmap_min_addr else None
 
 
 def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
@@ -76,7 +94,7 @@ def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
     if addr is None:
         if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
             raise ValueError(f"length must be a positive int, not {length!r}")
-        addr = get_unmapped_area(k, mm, -(-length // k.arch.page_size) * k.arch.page_size)
+        addr = get_unmapped_area(k, mm, -(-length // k.arch.page_size) * k.arch.page_size, shared)
     start, end = _range(k, addr, length, low=k.arch.mmap_min_addr)
     with k.transaction(mm, start, end, 2):  # MAP_FIXED over part of a shared table unshares it
         _do_munmap(k, mm, start, end, "do_mmap")
