@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import platform
 import re
 
@@ -56,7 +55,7 @@ def test_aligned_placement_needs_room_for_one_span_more_else_takes_the_top(room,
     """Two spans go on a span boundary only in a free range of three (Linux pads the search)."""
     m = ptsim.Machine(arch="x86_64", policy="copy", ram=1 << 20)
     p, span, top, low = m.spawn(), m.arch.pte_span, m.arch.task_size, m.arch.mmap_min_addr
-    p.mmap(low, top - room * span - low, "", False)  # free: the top `room` spans, less a page
+    p.mmap(low, top - room * span - low, "", False)  # free: the `room` spans below task_size
     a = p.mmap(None, 2 * span, "rw", False)
     assert (a % span == 0) == aligned
     assert a == ((top - 2 * span) & ~(span - 1) if aligned else top - 2 * span)
@@ -93,7 +92,7 @@ def host_kernel_version() -> tuple[int, int]:
 
 SHMEM_THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 HOST_CANNOT = (
-    "the host is not Linux on x86-64" if (os.uname().sysname, platform.machine()) != ("Linux", "x86_64")
+    "the host is not Linux on x86-64" if (platform.system(), platform.machine()) != ("Linux", "x86_64")
     else f"the host kernel {platform.release()} predates 6.12, whose placement ptsim models"
     if host_kernel_version() < (6, 12) else None
 )

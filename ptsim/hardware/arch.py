@@ -105,9 +105,10 @@ class Arch:
 
     @cached_property
     def thp_mmap_align(self) -> int:
-        """The boundary a 64-bit Linux (6.7 on) gives a private anonymous mapping whose length
-        is a multiple of it, when mmap is given no address: one last-level table's span
-        (PMD_SIZE), so that a transparent huge page could map it. 32-bit kernels do not: 0."""
+        """The boundary a 64-bit Linux gives a private anonymous mapping whose length is a
+        multiple of it, when mmap is given no address: one last-level table's span (PMD_SIZE),
+        so that a transparent huge page could map it (since 6.7; only for such lengths since
+        6.12). 32-bit kernels do not: 0."""
         return self.pte_span if self.entry_bytes == 8 else 0
 
     def mk_entry(self, pfn: int, flags: int) -> int:
