@@ -19,20 +19,25 @@ from contextlib import contextmanager
 from .checking.invariants import check
 from .hardware import ARCHES
 from .kernel import POLICIES, Kernel, Task
+from .kernel.fork import CopyPolicy
 from .kernel import syscalls as sys
 from .kernel.vmscan import try_to_swap_out
 
 
 class Machine:
-    def __init__(self, arch: str = "x86_64", policy: str = "copy", ram: int = 64 << 20):
+    def __init__(self, arch: str = "x86_64", policy: str | CopyPolicy = "copy", ram: int = 64 << 20):
+        """`policy`: a name from ptsim.POLICIES, or a policy object (a CopyPolicy subclass's
+        instance), such as `SharedPolicy(read_fault="unshare")`."""
         if arch not in ARCHES:
             raise ValueError(f"arch must be one of {sorted(ARCHES)}, not {arch!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
+        if not isinstance(policy, CopyPolicy):
+            if policy not in POLICIES:
+                raise ValueError(f"policy must be one of {sorted(POLICIES)} or a CopyPolicy, not {policy!r}")
+            policy = POLICIES[policy]
         page = ARCHES[arch].page_size
         if not isinstance(ram, int) or isinstance(ram, bool) or ram <= 0 or ram % page:
             raise ValueError(f"ram must be a positive multiple of the {page}-byte page, not {ram!r}")
-        self.kernel = Kernel(ARCHES[arch], ram, POLICIES[policy])
+        self.kernel = Kernel(ARCHES[arch], ram, policy)
 
     @property
     def arch(self):
@@ -150,9 +155,10 @@ class Process:
         """VmSize, VmRSS, VmPTE and VmSwap in kB, as /proc/PID/status shows them."""
         sys.check_alive(self._task)
         mm, page = self._task.mm, self.machine.arch.page_size
+        rss, swapents = self.machine.kernel.get_mm_counters(mm)
         return {
             "VmSize": mm.vm_size() // 1024,
-            "VmRSS": mm.rss * page // 1024,
+            "VmRSS": rss * page // 1024,
             "VmPTE": mm.pgtables_bytes // 1024,
-            "VmSwap": mm.swapents * page // 1024,
+            "VmSwap": swapents * page // 1024,
         }

@@ -1,9 +1,10 @@
 """ptsim against the host's own kernel: the same scenarios played on both (ptsim/host).
 
 The hand-written scenarios in scenarios/ and many seeded random ones are played on the host
-kernel and on ptsim under policies copy and shared, and must show no difference at all: every
-result, byte read and SIGSEGV; which (process, page) pairs share a frame; and, for copy, every
-access's minor faults, the pages each process maps, and the region's VmPTE and VmRSS.
+kernel and on ptsim under every policy (and `shared` with its other switches), and must show
+no difference at all: every result, byte read and SIGSEGV; which (process, page) pairs share
+a frame; and, for copy, every access's minor faults, the pages each process maps, and the
+region's VmPTE and VmRSS.
 
 Playing on the host needs Linux on x86-64 with glibc, and comparing frames needs pagemap's
 PFNs (root). Where either is missing, only what needs it skips, with the reason; CI runs as
@@ -21,19 +22,22 @@ from pathlib import Path
 
 import pytest
 
+import ptsim
 from ptsim.host import real
 from ptsim.host import scenario as sc
 from ptsim.host.compare import compare, main
 from ptsim.host.procfs import PM_PRESENT, pagemap_frames, read_pagemap, read_region_rss, read_status
 from ptsim.host.real import HostKernel, host_support
 from ptsim.host.scenario import REGION_START, Call, Scenario, generate, parse, play_sim
+from ptsim.kernel.fork import SharedPolicy
 from ptsim.kernel.mm import MM
 
 ROOT = Path(__file__).resolve().parent.parent
 HAND_WRITTEN = sorted((ROOT / "scenarios").glob("*.txt"))
 RANDOM_SEEDS = range(150)
 RANDOM_CALLS = 50
-HELD_POLICIES = ("copy", "shared")
+# Every policy, and sharing with a read fault that unshares and write-protection at every fork.
+HELD_POLICIES = {**ptsim.POLICIES, "shared/hugh": SharedPolicy(read_fault="unshare", wrprotect="every_fork")}
 NO_HOST = host_support()
 needs_host = pytest.mark.skipif(NO_HOST is not None, reason=f"cannot play scenarios on the host kernel: {NO_HOST}")
 needs_linux = pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="the host has no Linux /proc")
@@ -48,8 +52,9 @@ def host():
 
 def differences(scenario, record, policies=HELD_POLICIES) -> list[str]:
     out = []
-    for policy in policies:
-        out += [f"{policy}: {d}" for d in compare(scenario, record, play_sim(scenario, policy), policy)]
+    for label in policies:
+        policy = HELD_POLICIES[label]
+        out += [f"{label}: {d}" for d in compare(scenario, record, play_sim(scenario, policy), policy)]
     return out
 
 

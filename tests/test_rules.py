@@ -11,6 +11,7 @@ import pytest
 import ptsim
 from ptsim.hardware.arch import _PAGE_PRESENT, _PAGE_RW
 from ptsim.kernel import COUNTERS
+from ptsim.kernel.fork import SharedPolicy
 from ptsim.kernel.page import PG_FREE, PG_PGTABLE, ZERO_PFN
 
 POLICIES = ["copy", "shared"]
@@ -111,9 +112,12 @@ def upper_tables(m, mm):
     return found
 
 
-def shared_setup(arch="x86_64", pages=(0, 1, 2)):
-    """A parent with a written one-table region, forked once under the shared policy."""
-    m = machine("shared", arch)
+HUGH = SharedPolicy(read_fault="unshare")  # Hugh Dickins' proposal: a read fault unshares too
+
+
+def shared_setup(arch="x86_64", pages=(0, 1, 2), policy="shared"):
+    """A parent with a written one-table region, forked once under a sharing policy."""
+    m = machine(policy, arch)
     p = m.spawn()
     a = region(p)
     tags = fill(p, a, pages)
@@ -167,6 +171,41 @@ def test_sharing_write_protects_every_private_entry_before_count_reaches_two():
     assert leaf_table(c, a) == table and use_count(m, table) == 2
     assert d["ptes_wrprotected"] == 3
     assert not any(e & _PAGE_RW for e in present_entries(m, table))
+
+
+@pytest.mark.parametrize("wrprotect", SharedPolicy.WRPROTECTS)
+def test_every_sharing_fork_or_only_the_first_write_protects_to_the_same_entries(wrprotect):
+    """Phillips' patch write-protects at every fork that shares a table; his 29 Jan proposal
+    only when the count goes 1 -> 2. A shared table's private entries are read-only already, so
+    the entries end the same; the patch only makes a second fork pay the pass again."""
+    m = machine(SharedPolicy(wrprotect=wrprotect))
+    p = m.spawn()
+    a = region(p)
+    fill(p, a, [0, 1, 2])
+    c = p.fork()
+    table, entries = leaf_table(p, a), table_entries(m, leaf_table(p, a))
+    with counted(m) as d, m.trace() as events:
+        c.fork()
+    m.check()
+    assert (table_entries(m, table) == entries).all() and d["ptes_wrprotected"] == 0
+    passes = [e for e in events if e.action == "wrprotect_table"]
+    assert [e.table for e in passes] == ([table] if wrprotect == "every_fork" else [])
+
+
+def test_exclusive_at_fork_clears_every_shared_pages_exclusive_flag():
+    m = machine(SharedPolicy(exclusive_at_fork=True))
+    p = m.spawn()
+    a = region(p)
+    fill(p, a, [0, 1, 2])
+    frames = [pfn(p, page(p, a, i)) for i in (0, 1, 2)]
+    assert m.kernel.mem_map.anon_exclusive[frames].all()
+    c = p.fork()
+    assert not m.kernel.mem_map.anon_exclusive[frames].any()
+    c.exit()
+    faults = p.minflt
+    p.write(a, b"mine")  # the last mapper reuses the page all the same
+    assert p.minflt == faults + 1 and pfn(p, a) == frames[0]
+    m.check()
 
 
 # -- rule 3 ------------------------------------------------------------------------------
@@ -224,8 +263,22 @@ def test_after_child_cow_tables_differ_only_at_the_copied_entry():
 # -- rule 5 ------------------------------------------------------------------------------
 
 
-def test_read_fault_on_empty_entry_of_shared_table_unshares_first():
+def test_read_fault_on_empty_entry_fills_the_shared_table_for_every_sharer():
     m, p, c, a, _ = shared_setup()
+    table, empty = leaf_table(p, a), page(p, a, 7)
+    with counted(m) as d, m.trace() as events:
+        assert p.read(empty, 4) == bytes(4)
+    m.check()
+    assert (d["tables_unshared"], d["fault_zero"]) == (0, 1)
+    assert index_of(events, "fill_shared_table") < index_of(events, "map_zero_page")
+    assert leaf_table(p, a) == leaf_table(c, a) == table and use_count(m, table) == 2
+    assert pte(c, empty) == pte(p, empty) and pfn(c, empty) == ZERO_PFN
+    faults = c.minflt
+    assert c.read(empty, 4) == bytes(4) and c.minflt == faults, "the sibling finds it mapped"
+
+
+def test_read_fault_on_empty_entry_unshares_first_as_hugh_proposed():
+    m, p, c, a, _ = shared_setup(policy=HUGH)
     old, empty = leaf_table(p, a), page(p, a, 7)
     with counted(m) as d, m.trace() as events:
         assert p.read(empty, 4) == bytes(4)
@@ -234,6 +287,75 @@ def test_read_fault_on_empty_entry_of_shared_table_unshares_first():
     assert index_of(events, "unshare_table") < index_of(events, "map_zero_page")
     assert pfn(p, empty) == ZERO_PFN and leaf_table(p, a) != old
     assert pte(c, empty) == 0, "the other sharer's table did not get the entry"
+    faults = c.minflt
+    assert c.read(empty, 4) == bytes(4) and c.minflt == faults + 1
+
+
+@pytest.mark.parametrize("read_fault", SharedPolicy.READ_FAULTS)
+def test_read_fault_on_map_shared_page_counts_it_once_per_entry(read_fault):
+    """What mapcount, refcount and VmRSS mean after a read fills a shared table: the page has
+    one entry (mapcount 1, refcount 2 with its page-cache slot), and every mm that reaches the
+    entry counts it in VmRSS. Unsharing first gives the page one entry per mm that faulted."""
+    m = machine(SharedPolicy(read_fault=read_fault))
+    p = m.spawn()
+    a = region(p, shared=True)
+    p.write(a, b"shared")  # page 0 in the parent's table, before the fork
+    c = p.fork()
+    rss = c.status()["VmRSS"]
+    assert c.read(page(c, a, 5), 1) == bytes(1)  # a new shmem page, mapped by the child's read
+    frame = pfn(c, page(c, a, 5))
+    m.check()
+    if read_fault == "fill":
+        assert pfn(p, page(p, a, 5)) == frame and (mapcount(m, frame), use_count(m, frame)) == (1, 2)
+        assert p.status()["VmRSS"] == c.status()["VmRSS"] == rss + 4
+        faults = p.minflt
+        assert p.read(page(p, a, 5), 1) == bytes(1) and p.minflt == faults
+    else:
+        assert pfn(p, page(p, a, 5)) is None and (mapcount(m, frame), use_count(m, frame)) == (1, 2)
+        assert (p.status()["VmRSS"], c.status()["VmRSS"]) == (rss, rss + 4)
+        faults = p.minflt
+        assert p.read(page(p, a, 5), 1) == bytes(1) and p.minflt == faults + 1
+        assert (mapcount(m, frame), use_count(m, frame)) == (2, 3)
+    m.check()
+
+
+@pytest.mark.parametrize("policy", ["shared", "upper_wp"])
+def test_read_fault_in_a_new_mapping_over_part_of_a_shared_table_fills_no_other_mm(policy):
+    """A sharer's VMAs may come to differ inside a shared table (here an mmap into a hole):
+    it unshares first, or its read fault would put an entry in the other's memory."""
+    m = machine(policy)
+    p = m.spawn()
+    a = p.mmap(4 * m.arch.pte_span, m.arch.pte_span // 2, "rw", False)  # half a table
+    p.write(a, b"x")
+    c = p.fork()
+    hole = a + m.arch.pte_span // 2
+    with counted(m) as d:
+        c.mmap(hole, m.arch.page_size, "r", True)
+    assert d["tables_unshared"] == 1 and leaf_table(c, a) != leaf_table(p, a)
+    c.read(hole, 1)
+    assert pte(p, hole) == 0
+    m.check()
+
+
+def test_mprotect_of_an_empty_part_of_a_shared_table_unshares_first():
+    m, p, c, a, _ = shared_setup()
+    with counted(m) as d:
+        c.mprotect(page(c, a, 8), m.arch.page_size, "r")  # no entry there yet
+    assert d["tables_unshared"] == 1
+    p.read(page(p, a, 8), 1)  # a fill the child must not see as writable or at all
+    assert pte(c, page(c, a, 8)) == 0
+    m.check()
+
+
+@pytest.mark.parametrize("policy", ["shared", "upper_wp"])
+def test_machine_takes_a_policy_object_with_its_switches(policy):
+    kind = type(ptsim.POLICIES[policy])
+    m = machine(kind(read_fault="unshare", wrprotect="every_fork"))
+    assert m.policy == policy and m.kernel.policy.read_fault == "unshare"
+    with pytest.raises(ValueError, match="read_fault"):
+        kind(read_fault="sometimes")
+    with pytest.raises(ValueError, match="wrprotect"):
+        kind(wrprotect="never")
 
 
 # -- rule 6 ------------------------------------------------------------------------------

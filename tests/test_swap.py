@@ -3,8 +3,11 @@
 import pytest
 
 import ptsim
+from ptsim.kernel.fork import SharedPolicy
+from ptsim.kernel.page import PG_PGTABLE
 
 PAGE = 4096
+HUGH = SharedPolicy(read_fault="unshare")
 
 
 def forked(policy="shared"):
@@ -27,15 +30,28 @@ def cached(m, p, addr):
     return (p.mm.pcid, addr // PAGE) in m.kernel.tlb.entries
 
 
-def test_swap_out_through_shared_table_flushes_every_sharers_tlb():
+def test_swap_out_through_shared_table_flushes_every_tlb():
     m, p, c, a = forked()
-    assert cached(m, p, a) and cached(m, c, a)
+    other = m.spawn()  # maps nothing of it, and loses its translations all the same
+    b = other.mmap(None, PAGE, "rw", False)
+    other.write(b, b"x")
+    assert cached(m, p, a) and cached(m, c, a) and cached(m, other, b)
     with m.trace() as events:
         assert m.swap_out(p, a)
-    flushed = {e.pid for e in events if e.action == "flush_tlb" and e.func == "try_to_swap_out"}
-    assert flushed == {p.pid, c.pid}
-    assert not cached(m, p, a) and not cached(m, c, a)
+    assert [e.action for e in events if e.func == "try_to_swap_out"] == ["flush_tlb_all", "swap_out_page"]
+    assert m.counters["tlb_flushes_all"] == 1
+    assert not m.kernel.tlb.entries
     assert p.status()["VmSwap"] == c.status()["VmSwap"] == 4
+    m.check()
+
+
+def test_swap_out_through_private_table_flushes_only_its_mm():
+    m, p, c, a = forked()
+    p.write(a + 2 * PAGE, b"mine")  # the parent unshares
+    with m.trace() as events:
+        assert m.swap_out(p, a + 2 * PAGE)
+    assert [(e.action, e.pid) for e in events if e.func == "try_to_swap_out"][0] == ("flush_tlb", p.pid)
+    assert m.counters.get("tlb_flushes_all", 0) == 0 and cached(m, c, a)
     m.check()
 
 
@@ -48,8 +64,24 @@ def test_skipped_sharer_flush_lets_a_stale_tlb_read_a_freed_frame():
     assert c.read(a, 5) == bytes(5)  # through the stale entry, into the freed (zeroed) frame
 
 
-def test_swap_in_through_shared_table_unshares_first():
+def test_swap_in_by_a_read_fills_the_shared_table_for_every_sharer():
     m, p, c, a = forked()
+    table = leaf_table(m, c, a)
+    m.swap_out(p, a)
+    with m.trace() as events:
+        assert c.read(a, 5) == b"hello"
+    assert "fill_shared_table" in [e.action for e in events] and "unshare_table" not in [e.action for e in events]
+    assert leaf_table(m, c, a) == leaf_table(m, p, a) == table
+    assert (c.majflt, c.minflt) == (1, 0)
+    assert not m.kernel.follow_pte(c.mm, a) & 2, "read-only: two mms reach it (sharing rule 2)"
+    faults = (p.majflt, p.minflt)
+    assert p.read(a, 5) == b"hello" and (p.majflt, p.minflt) == faults  # swapped in for both
+    assert p.status()["VmSwap"] == c.status()["VmSwap"] == 0 and m.kernel.swap.count == {}
+    m.check()
+
+
+def test_swap_in_by_a_read_unshares_first_as_hugh_proposed():
+    m, p, c, a = forked(HUGH)
     table = leaf_table(m, c, a)
     m.swap_out(p, a)
     before = m.counters.get("tables_unshared", 0)
@@ -60,6 +92,38 @@ def test_swap_in_through_shared_table_unshares_first():
     m.check()
     assert p.read(a, 5) == b"hello" and p.majflt == 1  # its own swap entry, its own page
     assert m.kernel.swap.count == {}
+    m.check()
+
+
+@pytest.mark.parametrize("policy", ["copy", "shared", "upper_wp"])
+def test_swap_in_by_a_read_maps_a_page_nobody_else_holds_writable(policy):
+    """Linux 6.x (do_swap_page): an exclusive page comes back writable when its VMA is, so the
+    write after the read costs no fault."""
+    m = ptsim.Machine(arch="x86_64", policy=policy, ram=8 << 20)
+    p = m.spawn()
+    a = p.mmap(None, PAGE, "rw", False)
+    p.write(a, b"hello")
+    assert m.swap_out(p, a)
+    assert p.read(a, 5) == b"hello" and (p.majflt, p.minflt) == (1, 1)
+    p.write(a, b"HELLO")
+    assert (p.majflt, p.minflt) == (1, 1)
+    m.check()
+
+
+def test_swap_in_of_a_slot_two_entries_hold_maps_it_read_only():
+    m, p, c, a = forked("copy")
+    p.write(a + 2 * PAGE, b"both")
+    c.exit()
+    c = p.fork()  # the page is mapped twice: it cannot go out
+    p.write(a + 2 * PAGE, b"mine")  # now each maps a page of its own
+    assert m.swap_out(c, a + 2 * PAGE)
+    c2 = c.fork()  # the swap slot is held by two entries
+    assert c.read(a + 2 * PAGE, 4) == b"both" and c.majflt == 1
+    assert not m.kernel.follow_pte(c.mm, a + 2 * PAGE) & 2
+    faults = c.minflt
+    c.write(a + 2 * PAGE, b"BOTH")  # one fault: the page is this entry's alone, reused
+    assert c.minflt == faults + 1 and m.counters["fault_wp_reuse"] >= 1
+    assert c2.read(a + 2 * PAGE, 4) == b"both"
     m.check()
 
 
@@ -84,7 +148,9 @@ def test_fork_shares_swap_slots_and_each_swap_in_drops_one(policy):
     m.check()
     assert c.status()["VmSwap"] == 4
     assert c.read(a, 7) == b"swapped"
-    assert m.kernel.swap.count == {slot: 1}
+    # Two entries held the slot after a copying fork; the shared table's one entry, now swapped
+    # in, held it alone.
+    assert m.kernel.swap.count == ({slot: 1} if policy == "copy" else {})
     p.write(a, b"mine")
     assert m.kernel.swap.count == {}
     assert (p.read(a, 7), c.read(a, 7)) == (b"mineped", b"swapped")

@@ -13,8 +13,10 @@ mappings (permission ANDed over the levels), and then holds the kernel to:
   MAP_SHARED memory (rule 2): the zero page is never writable;
 - every entry lies inside a VMA of every mm that reaches it, and asks no more than the VMA
   allows; a private VMA maps anonymous pages or the zero page, a shared one its shmem pages;
-- rss, swapents and pgtables_bytes equal the recount; anon_exclusive pages have one mapping
-  entry; each swap slot's count equals the swap entries holding it, all in private VMAs;
+- each last-level table's table_rss and table_swapents equal the pages and swap entries it
+  holds (other frames keep zero there), and each mm's VmRSS, VmSwap and pgtables_bytes equal
+  what its tables hold; anon_exclusive pages have one mapping entry (the flag means one entry,
+  page.py); each swap slot's count equals the swap entries holding it, all in private VMAs;
 - every TLB entry agrees with the tables: same frame, and no write the tables forbid.
 """
 
@@ -71,7 +73,11 @@ def check(k: Kernel) -> None:
             # A last-level table: its entries, checked against this mm's VMAs.
             indexes = np.flatnonzero(row)
             _check_swap_entries(k, mm, table, base, row, swap_refs if table_refs[table] == 1 else None)
-            swapents += len(k.swap_slots(row))
+            held = (int(np.count_nonzero(k.counted_pages(row))), int(np.count_nonzero(k.swap_entries(row))))
+            if held != (mem_map.table_rss[table], mem_map.table_swapents[table]):
+                _fail(f"table {table}: table_rss {mem_map.table_rss[table]} and table_swapents {mem_map.table_swapents[table]}, "
+                      f"but it holds {held[0]} pages and {held[1]} swap entries")
+            swapents += held[1]
             indexes = indexes[(row[indexes] & MAPPED) != 0]
             entries = row[indexes]
             page_pfns = k.pfns_of(entries)
@@ -103,10 +109,8 @@ def check(k: Kernel) -> None:
             writable.append(((entries & _PAGE_RW) != 0) & ((entries & _PAGE_PRESENT) != 0) & upper_rw)
 
         walk(mm.pgd, 0, 0, True)
-        if rss != mm.rss:
-            _fail(f"pid {mm.owner}: rss is {mm.rss} but its tables map {rss} pages")
-        if swapents != mm.swapents:
-            _fail(f"pid {mm.owner}: swapents is {mm.swapents} but its tables hold {swapents} swap entries")
+        if k.get_mm_counters(mm) != (rss, swapents):
+            _fail(f"pid {mm.owner}: rss and swapents are {k.get_mm_counters(mm)} but its tables map {rss} pages and hold {swapents} swap entries")
         if pgtables * arch.page_size != mm.pgtables_bytes:
             _fail(f"pid {mm.owner}: pgtables_bytes is {mm.pgtables_bytes} but it reaches {pgtables} tables")
         cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt))
@@ -135,6 +139,8 @@ def _check_swap_entries(k: Kernel, mm, table: int, base: int, row, swap_refs: di
 def _check_frames(k: Kernel, table_refs, entry_refs, reached) -> None:
     mem_map, kind = k.mem_map, k.mem_map.kind
     pgtables = kind == PG_PGTABLE
+    if ((mem_map.table_rss != 0) | (mem_map.table_swapents != 0))[~pgtables].any():
+        _fail(f"frames {np.flatnonzero(((mem_map.table_rss != 0) | (mem_map.table_swapents != 0)) & ~pgtables)[:8].tolist()} are no tables but count pages")
     if (pgtables & ~reached).any():
         _fail(f"page-table frames {np.flatnonzero(pgtables & ~reached)[:8].tolist()} are reached by no mm (leaked)")
     bad = np.flatnonzero(pgtables & (mem_map.refcount != table_refs))

@@ -89,6 +89,9 @@ class TLB:
         for key in [k for k in self.entries if k[0] == pcid]:
             del self.entries[key]
 
+    def flush_all(self) -> None:
+        self.entries.clear()
+
 
 class MMU:
     def __init__(self, phys: PhysicalMemory, tlb: TLB):

@@ -44,9 +44,11 @@ class Difference:
         return f"{where}: {self.kind}: {self.what}"
 
 
-def compare(scenario: Scenario, host: Record, sim: Record, policy: str) -> list[Difference]:
+def compare(scenario: Scenario, host: Record, sim: Record, policy) -> list[Difference]:
     """Every difference between `host` and `sim`, records of `scenario`; `policy` is the
-    policy `sim` was played with, which decides whether accounting is compared."""
+    policy `sim` was played with (a name, or a policy object), which decides whether
+    accounting is compared."""
+    policy = getattr(policy, "name", policy)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
     for name, record in (("host", host), ("sim", sim)):

@@ -76,14 +76,22 @@ class Kernel:
     def pfns_of(self, entries: np.ndarray) -> np.ndarray:
         return ((entries & self.arch.dtype.type(self.arch.pfn_mask)) >> PFN_SHIFT).astype(np.int64)
 
+    def swap_entries(self, entries: np.ndarray) -> np.ndarray:
+        """Which of `entries` hold a swap slot: those neither empty nor mapped."""
+        return (entries != 0) & ((entries & MAPPED) == 0)
+
     def swap_slots(self, entries: np.ndarray) -> np.ndarray:
-        """Swap slots that `entries` hold: entries that are neither empty nor mapped."""
-        return self.pfns_of(entries[(entries != 0) & ((entries & MAPPED) == 0)])
+        """Swap slots that `entries` hold."""
+        return self.pfns_of(entries[self.swap_entries(entries)])
+
+    def counted_pages(self, entries: np.ndarray) -> np.ndarray:
+        """Which of `entries` map a counted page (VmRSS): every mapped entry but the zero page's."""
+        zero = self.arch.dtype.type(ZERO_PFN << PFN_SHIFT)
+        return ((entries & MAPPED) != 0) & ((entries & self.arch.dtype.type(self.arch.pfn_mask)) != zero)
 
     def mapped_pages(self, entries: np.ndarray) -> np.ndarray:
-        """Pfns of the counted pages that `entries` map: every mapped entry but the zero page."""
-        pfns = self.pfns_of(entries[(entries & MAPPED) != 0])
-        return pfns[pfns != ZERO_PFN]
+        """Pfns of the counted pages that `entries` map."""
+        return self.pfns_of(entries[self.counted_pages(entries)])
 
     def table_runs(self, pfns: np.ndarray):
         """The tables in frames `pfns` as views of physical memory, run by run of consecutive
@@ -169,6 +177,16 @@ class Kernel:
         if start < end:
             yield from walk(mm.pgd, 0, 0)
 
+    def get_mm_counters(self, mm: MM) -> tuple[int, int]:
+        """(rss, swap entries) of `mm`: the sums of the counts each last-level table it reaches
+        keeps (MemMap.table_rss), so a shared table counts in every sharer, as if copied."""
+        tables = [self.pfns_of(row[row & _PAGE_PRESENT != 0]) for row in
+                  (self.phys.tables[pmd, first:last] for pmd, first, last, _ in self.leaf_slots(mm, 0, self.arch.task_size))]
+        if not tables:
+            return 0, 0
+        tables = np.concatenate(tables)
+        return int(self.mem_map.table_rss[tables].sum()), int(self.mem_map.table_swapents[tables].sum())
+
     def follow_pte(self, mm: MM, addr: int) -> int:
         """The entry mapping `addr`, read without side effects (0 if there is none)."""
         table = self.slot_table(self.pmd_slot(mm, addr))
@@ -193,6 +211,17 @@ class Kernel:
         self.tlb.flush_pcid(mm.pcid)
         self.tracer.count("tlb_flushes")
         self.tracer.emit(site, "flush_tlb", pid=mm.owner)
+
+    def flush_tlb_all(self, site: str) -> None:
+        """Every address space's translations, on every CPU: what a kernel does when it cannot
+        tell which mms reach what it changed."""
+        if site in self.skip_tlb_flush:
+            self.tracer.emit(site, "skip_tlb_flush")
+            return
+        self.tlb.flush_all()
+        self.tracer.count("tlb_flushes")
+        self.tracer.count("tlb_flushes_all")
+        self.tracer.emit(site, "flush_tlb_all")
 
     # -- tasks and mms ---------------------------------------------------------------------
 
@@ -256,7 +285,7 @@ class Kernel:
         return dict(
             mem_map=self.mem_map.snapshot(),
             rows=rows,
-            mms=[(m, m.rss, m.swapents, m.pgtables_bytes) for m in self.mms.values()],
+            mms=[(m, m.pgtables_bytes) for m in self.mms.values()],
             vmas=[copy.copy(v) for v in mm.vmas],
             swap=self.swap.snapshot(),
             shmem=[(s, dict(s.pages), s.nr_vmas) for s in shmems.values()],
@@ -270,8 +299,8 @@ class Kernel:
         self.mem_map.restore(saved["mem_map"])
         for table, row in saved["rows"].items():
             self.phys.tables[table] = row
-        for m, rss, swapents, pgtables_bytes in saved["mms"]:
-            m.rss, m.swapents, m.pgtables_bytes = rss, swapents, pgtables_bytes
+        for m, pgtables_bytes in saved["mms"]:
+            m.pgtables_bytes = pgtables_bytes
         mm.vmas = saved["vmas"]
         self.swap.restore(saved["swap"])
         for shmem, pages, nr_vmas in saved["shmem"]:

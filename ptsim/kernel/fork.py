@@ -3,22 +3,36 @@
 `CopyPolicy` is classic fork: every last-level table is copied entry by entry, and private
 writable entries are write-protected in parent and child for copy-on-write.
 
-`SharedPolicy` is Daniel Phillips' 2002 design. It overrides his three changes, plus two
-one-line consequences (every VMA's tables are shared, `vma_needs_copy`, so the child maps what
-the parent maps, `account_child`):
+`SharedPolicy` is Daniel Phillips' 2002 design. It overrides his three changes, plus one
+one-line consequence (every VMA's tables are shared, `vma_needs_copy`):
 
 1. `copy_pte_tables` (in copy_page_range): point the child's upper entry at the parent's table
-   and raise its use count. When a count goes 1 -> 2, write-protect the table's private
-   writable entries once: from then on nobody can write a data page through it.
+   and raise its use count, and write-protect the table's private writable entries, so that
+   nobody can write a data page through it. When is a switch, `wrprotect`:
+   "first_share" (the default) only when the count goes 1 -> 2, as Phillips proposed on
+   29 Jan 2002 (<E16VNLG-0000En-00@starship.berlin>); "every_fork" at every fork that shares
+   the table, whatever its count, as his patch of 16 and 22 Feb 2002 does
+   (<E16c9FS-0004In-00@starship.berlin>, <E16e8Gf-0005HN-00@starship.berlin>). The entries
+   end the same either way (a shared table's private entries are already read-only); the
+   patch pays a pass over every shared table at every fork.
 2. `zap_pte_table` (in zap_page_range): a shared table the zap covers whole only loses a use
    count; a shared table covered in part is unshared first.
 3. `prepare_pte_write` (in handle_mm_fault, and before any other change to an entry): a
    shared table is unshared: copy it, entries and all, into a table of this mm's own, then
    drop one use count of the old. The last sharer, count 1, keeps the table as it is.
+   A read fault that fills an empty entry asks `prepare_pte_fill`; a switch, `read_fault`:
+   "fill" (the default) fills the shared table, where every sharer sees the new entry, as
+   the patch of 16 and 18 Feb does (`__pte_alloc(mm, pmd, address, write_access)`;
+   <E16cm1k-0000Kq-00@starship.berlin>) and as Phillips defended on 19 Feb 2002
+   (<E16cxgg-0000xa-00@starship.berlin>); "unshare" unshares first, as Hugh Dickins proposed
+   (18 Feb, <Pine.LNX.4.21.0202180657210.10514-100000@localhost.localdomain>: concurrent read
+   faults could slot one page in twice, counting it double). The 22 Feb revision's diff no
+   longer passes write_access, so there every fault goes through `pte_alloc`, which unshares.
 
 `UpperWrprotectPolicy` shares as Phillips does but write-protects a shared table through the
 RW bit of each sharer's upper entry (McCracken 2002, ODF 2021): it overrides the upper entry
-a sharer gets (`table_entry`), `wrprotect_for_sharing`, `prepare_pte_write` and `unshare`.
+a sharer gets (`table_entry`), `wrprotect_for_sharing`, `prepare_pte_write`,
+`prepare_pte_fill` and `unshare`.
 """
 
 from __future__ import annotations
@@ -47,7 +61,6 @@ def dup_mmap(k: Kernel, pid: int, parent: MM) -> MM:
             child.vmas.append(twin)
             if k.policy.vma_needs_copy(vma):
                 copy_page_range(k, child, parent, vma)
-        k.policy.account_child(child, parent)
         k.flush_tlb_mm(parent, "dup_mmap")  # the parent's entries may have been write-protected
     return child
 
@@ -110,8 +123,8 @@ class CopyPolicy:
     def prepare_pte_write(self, k, mm: MM, slot, addr: int, func: str) -> int:
         return k.slot_table(slot)
 
-    def account_child(self, child: MM, parent: MM) -> None:
-        pass  # copy_pte_range counted the child's pages and swap entries as it copied them
+    def prepare_pte_fill(self, k, mm: MM, vma: VMA, slot, addr: int, func: str) -> int:
+        return k.slot_table(slot)
 
 
 def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int, b: int) -> None:
@@ -126,22 +139,42 @@ def copy_pte_range(k: Kernel, dst: MM, vma: VMA, src_tables, dst_tables, a: int,
             tables[src_tables, a:b] = block
             k.tracer.count("ptes_wrprotected", wrprotected)
     tables[dst_tables, a:b] = block & k.arch.clear_bits(_PAGE_ACCESSED)  # the child's entries start old
-    pages = k.mapped_pages(block)
+    counted = k.counted_pages(block)
+    pages = k.pfns_of(block[counted])
     # A page is mapped at one address of one VMA, so `pages` holds each pfn once and the
     # buffered += counts exactly (np.add.at would too, at five times the cost).
     mem_map.refcount[pages] += 1
     mem_map.mapcount[pages] += 1
     mem_map.anon_exclusive[pages] = False
-    dst.rss += len(pages)
-    slots = k.swap_slots(block)
-    k.swap.dup(slots)
-    dst.swapents += len(slots)
+    mem_map.table_rss[dst_tables] += np.count_nonzero(counted, axis=1).astype(np.int32)
+    swapped = k.swap_entries(block)
+    k.swap.dup(k.pfns_of(block[swapped]))
+    mem_map.table_swapents[dst_tables] += np.count_nonzero(swapped, axis=1).astype(np.int32)
     k.tracer.count("ptes_copied", int(np.count_nonzero(block & MAPPED)))
 
 
 class SharedPolicy(CopyPolicy):
     name = "shared"
     table_entry = _PAGE_TABLE  # what a sharer's upper entry for a shared table carries
+    READ_FAULTS = ("fill", "unshare")
+    WRPROTECTS = ("first_share", "every_fork")
+
+    def __init__(self, read_fault: str = "fill", wrprotect: str = "first_share", exclusive_at_fork: bool = False):
+        """`read_fault` and `wrprotect`: see the module docstring. `exclusive_at_fork` makes a
+        sharing fork clear PG_anon_exclusive of every page its shared tables map, keeping the
+        flag's per-process meaning as Linux's fork does (COW PTE had to do the same): it costs
+        a pass over every entry, where by default the flag means one entry (page.py)."""
+        if read_fault not in self.READ_FAULTS:
+            raise ValueError(f"read_fault must be one of {self.READ_FAULTS}, not {read_fault!r}")
+        if wrprotect not in self.WRPROTECTS:
+            raise ValueError(f"wrprotect must be one of {self.WRPROTECTS}, not {wrprotect!r}")
+        if not isinstance(exclusive_at_fork, bool):
+            raise ValueError(f"exclusive_at_fork must be True or False, not {exclusive_at_fork!r}")
+        self.read_fault, self.wrprotect, self.exclusive_at_fork = read_fault, wrprotect, exclusive_at_fork
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(read_fault={self.read_fault!r}, wrprotect={self.wrprotect!r}, "
+                f"exclusive_at_fork={self.exclusive_at_fork!r})")
 
     def vma_needs_copy(self, vma: VMA) -> bool:
         # Sharing a table costs one use count whatever it maps: share them all (as 2.4 did).
@@ -159,20 +192,20 @@ class SharedPolicy(CopyPolicy):
         dst.pgtables_bytes += len(shared) * k.arch.page_size
         k.tracer.count("tables_shared", len(shared))
         bases = pmd_base + fresh * k.arch.pte_span
-        first_time = mem_map.refcount[shared] == 2
-        if first_time.any():
-            self.wrprotect_for_sharing(k, src, vma, src_pmd, fresh[first_time], shared[first_time], bases[first_time])
+        protect = mem_map.refcount[shared] == 2 if self.wrprotect == "first_share" else np.full(len(shared), True)
+        if protect.any():
+            self.wrprotect_for_sharing(k, src, vma, src_pmd, fresh[protect], shared[protect], bases[protect])
+        if self.exclusive_at_fork:
+            for rows in k.table_runs(shared):
+                mem_map.anon_exclusive[k.pfns_of(rows[k.counted_pages(rows)])] = False
         if k.tracer.events is not None:
-            for t, base in zip(shared, bases):
-                k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=int(base), table=int(t), count=int(mem_map.refcount[t]))
-
-    def account_child(self, child: MM, parent: MM) -> None:
-        # Every table of the parent is now the child's too (vma_needs_copy is always true),
-        # so the child maps exactly the pages and swap entries the parent maps.
-        child.rss, child.swapents = parent.rss, parent.swapents
+            for t, base, wp in zip(shared.tolist(), bases.tolist(), protect.tolist()):
+                k.tracer.emit("copy_page_range", "share_table", pid=dst.owner, addr=base, table=t, count=int(mem_map.refcount[t]))
+                if wp:
+                    k.tracer.emit("copy_page_range", "wrprotect_table", pid=src.owner, addr=base, table=t)
 
     def wrprotect_for_sharing(self, k, mm: MM, vma: VMA, pmd: int, indexes, shared, bases) -> None:
-        """Count 1 -> 2: clear RW on every private entry of these tables of `vma` (sharing rule 2).
+        """Clear RW on every private entry of these tables of `vma`, now shared (sharing rule 2).
 
         MAP_SHARED entries keep RW: their pages are meant to be written by every mapper.
         """
@@ -191,8 +224,6 @@ class SharedPolicy(CopyPolicy):
             if whole:
                 k.set_entry(*slot, 0)
                 k.mem_map.refcount[table] -= 1
-                mm.rss -= len(k.mapped_pages(k.phys.tables[table]))
-                mm.swapents -= len(k.swap_slots(k.phys.tables[table]))
                 mm.pgtables_bytes -= k.arch.page_size
                 k.tracer.emit(func, "drop_shared_table", pid=mm.owner, addr=base, table=table, count=int(k.mem_map.refcount[table]))
                 return
@@ -206,6 +237,14 @@ class SharedPolicy(CopyPolicy):
             table = self.unshare(k, mm, slot, addr, func)
         return table
 
+    def prepare_pte_fill(self, k, mm: MM, vma: VMA, slot, addr: int, func: str) -> int:
+        table = k.slot_table(slot)
+        if self.read_fault == "unshare":
+            return self.prepare_pte_write(k, mm, slot, addr, func)
+        if k.mem_map.refcount[table] > 1:
+            k.tracer.emit(func, "fill_shared_table", pid=mm.owner, addr=addr, table=table, count=int(k.mem_map.refcount[table]))
+        return table
+
     def unshare(self, k, mm: MM, slot, addr: int, func: str) -> int:
         """Do for this mm, for one table, the copying fork skipped (sharing rule 4)."""
         mem_map, tables = k.mem_map, k.phys.tables
@@ -216,6 +255,7 @@ class SharedPolicy(CopyPolicy):
         mem_map.refcount[pages] += 1
         mem_map.mapcount[pages] += 1
         mem_map.anon_exclusive[pages] = False
+        mem_map.table_rss[new], mem_map.table_swapents[new] = mem_map.table_rss[old], mem_map.table_swapents[old]
         k.swap.dup(k.swap_slots(tables[new]))
         k.set_entry(*slot, k.arch.mk_entry(new, _PAGE_TABLE))
         mem_map.refcount[old] -= 1
@@ -249,6 +289,14 @@ class UpperWrprotectPolicy(SharedPolicy):
             k.set_entry(*slot, entry | _PAGE_RW)
             k.tracer.emit(func, "reuse_table", pid=mm.owner, addr=addr & ~(k.arch.pte_span - 1), table=table)
         return table
+
+    def prepare_pte_fill(self, k, mm: MM, vma: VMA, slot, addr: int, func: str) -> int:
+        """ODF copies a table whose upper entry is read-only on any fault in a writable VMA,
+        read or write (rssys/on-demand-fork, branch paper-version-kernel-v5.6.19, mm/memory.c
+        __handle_mm_fault); in a read-only VMA the read fills the shared table."""
+        if vma.writable:
+            return self.prepare_pte_write(k, mm, slot, addr, func)
+        return super().prepare_pte_fill(k, mm, vma, slot, addr, func)
 
     def unshare(self, k, mm: MM, slot, addr: int, func: str) -> int:
         old = k.slot_table(slot)

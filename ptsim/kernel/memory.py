@@ -56,11 +56,13 @@ def handle_mm_fault(k: Kernel, mm: MM, vma: VMA, addr: int, write: bool) -> bool
         table = k.pte_alloc(mm, slot, addr, "handle_mm_fault")
     else:
         pte = k.entry(table, index)
-        writable = pte & _PAGE_RW and upper & _PAGE_RW  # RW is ANDed over the levels
-        if not pte & _PAGE_PRESENT or (write and not writable):
-            # This fault will write the entry, or the table's upper entry forbids the write:
+        if write and not (pte & _PAGE_RW and upper & _PAGE_RW):  # RW is ANDed over the levels
+            # This write fills or changes the entry, or the table's upper entry forbids it:
             # either way the table must be this mm's own.
             table = k.policy.prepare_pte_write(k, mm, slot, addr, "handle_mm_fault")
+        elif not pte & _PAGE_PRESENT:
+            # A read fills the entry: the policy says whether into the table as it is.
+            table = k.policy.prepare_pte_fill(k, mm, vma, slot, addr, "handle_mm_fault")
     return handle_pte_fault(k, mm, vma, table, index, addr, write, upper_changed=k.entry(*slot) != upper)
 
 
@@ -101,7 +103,7 @@ def do_anonymous_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr:
     vma.anon_vma = True  # anon_vma_prepare
     pfn = new_anon_page(k)
     k.set_entry(table, index, k.arch.mk_entry(pfn, _PAGE_NEW | _PAGE_RW | _PAGE_DIRTY))
-    mm.rss += 1
+    k.mem_map.table_rss[table] += 1
     k.tracer.count("fault_anon")
     k.tracer.emit("do_anonymous_page", "map_new_page", pid=mm.owner, addr=addr, table=table, frame=pfn)
 
@@ -132,7 +134,7 @@ def do_wp_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, p
         k.phys.frame_bytes(new)[:] = k.phys.frame_bytes(old)
         k.tracer.count("pages_copied")
     else:
-        mm.rss += 1  # the zero page was not counted; its replacement is
+        k.mem_map.table_rss[table] += 1  # the zero page was not counted; its replacement is
     k.tracer.count("fault_wp_copy")
     k.set_entry(table, index, k.arch.mk_entry(new, _PAGE_NEW | _PAGE_RW | _PAGE_DIRTY))
     k.tracer.emit("do_wp_page", "copy_page", pid=mm.owner, addr=addr, table=table, frame=new, detail={"from": old})
@@ -142,15 +144,26 @@ def do_wp_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, p
 
 
 def do_swap_page(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: int, write: bool, pte: int) -> None:
-    """Read a swapped-out page back into a new page of this mm's own (a major fault)."""
-    swap_slot = k.entry_pfn(pte)
+    """Read a swapped-out page back into a new page (a major fault).
+
+    As Linux 6.x does, a page nobody else can reach is mapped writable when its VMA is, even
+    on a read, so that the next write costs no fault. It is exclusive when this entry was the
+    only one holding the swap slot, and the entry lies in a table of this mm's own: a read
+    fault may fill a shared table (SharedPolicy.prepare_pte_fill), and there the page is
+    reached by every sharer (sharing rule 2).
+    """
+    mem_map, swap_slot = k.mem_map, k.entry_pfn(pte)
+    exclusive = k.swap.count[swap_slot] == 1 and mem_map.refcount[table] == 1
     pfn = new_anon_page(k)
+    mem_map.anon_exclusive[pfn] = exclusive
     k.phys.frame_bytes(pfn)[:] = np.frombuffer(k.swap.data[swap_slot], dtype=np.uint8)
     k.swap.put([swap_slot])
-    flags = _PAGE_NEW | ((_PAGE_RW | _PAGE_DIRTY) if write else 0)  # a read maps it read-only
+    flags = _PAGE_NEW
+    if write or (exclusive and vma.writable):
+        flags |= _PAGE_RW | (_PAGE_DIRTY if write else 0)
     k.set_entry(table, index, k.arch.mk_entry(pfn, flags))
-    mm.rss += 1
-    mm.swapents -= 1
+    mem_map.table_rss[table] += 1
+    mem_map.table_swapents[table] -= 1
     k.tracer.count("fault_swapin")
     k.tracer.emit("do_swap_page", "swap_in_page", pid=mm.owner, addr=addr, table=table, frame=pfn, detail={"slot": swap_slot})
 
@@ -171,7 +184,7 @@ def do_shared_fault(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: i
     k.mem_map.mapcount[pfn] += 1
     flags = _PAGE_NEW | (_PAGE_RW if vma.writable else 0) | (_PAGE_DIRTY if write else 0)
     k.set_entry(table, index, k.arch.mk_entry(pfn, flags))
-    mm.rss += 1
+    k.mem_map.table_rss[table] += 1
     k.tracer.count("fault_shmem")
     k.tracer.emit("do_shared_fault", "map_shmem_page", pid=mm.owner, addr=addr, table=table, frame=pfn)
 
@@ -199,7 +212,7 @@ def do_fault_around(k: Kernel, mm: MM, vma: VMA, table: int, index: int, addr: i
         k.mem_map.mapcount[pfn] += 1
         row[i] = k.arch.mk_entry(pfn, flags)
         mapped += 1
-    mm.rss += mapped
+    k.mem_map.table_rss[table] += mapped
     if mapped:
         k.tracer.emit("do_fault_around", "map_pages", pid=mm.owner, addr=addr, table=table, count=mapped)
 
@@ -230,10 +243,10 @@ def zap_pte_range(k: Kernel, mm: MM, table: int, first: int, last: int, tlb: MMU
     """Clear entries [first, last) of a table this mm owns alone, gathering their pages."""
     entries = k.phys.tables[table, first:last]
     pages = k.mapped_pages(entries)
-    mm.rss -= len(pages)
     slots = k.swap_slots(entries)
     k.swap.put(slots)
-    mm.swapents -= len(slots)
+    k.mem_map.table_rss[table] -= len(pages)
+    k.mem_map.table_swapents[table] -= len(slots)
     cleared = int(np.count_nonzero(entries))
     entries[:] = 0
     if len(pages):
@@ -334,6 +347,19 @@ def exit_mmap(k: Kernel, mm: MM) -> None:
     del k.mms[mm.pcid]
 
 
+def unshare_pte_tables(k: Kernel, mm: MM, start: int, end: int, func: str) -> None:
+    """Make each shared last-level table that maps part of [start, end) this mm's own, before
+    the mm's VMAs there change (sharing rule 11). Sharers must agree on the VMAs a table
+    serves: a read fault fills a shared table for all of them (SharedPolicy.prepare_pte_fill),
+    and an entry filled for one sharer's new mapping would appear in the others' memory."""
+    span = k.arch.pte_span
+    for pmd, first, last, pmd_base in list(k.leaf_slots(mm, start, end)):
+        for index in range(first, last):
+            table = k.slot_table((pmd, index))
+            if table is not None and k.mem_map.refcount[table] > 1:
+                k.policy.prepare_pte_write(k, mm, (pmd, index), max(start, pmd_base + index * span), func)
+
+
 def change_protection(k: Kernel, mm: MM, vma: VMA, start: int, end: int) -> None:
     """Rewrite the entries of [start, end), inside `vma`, for its new protection (mprotect)."""
     arch, page_shift = k.arch, k.arch.page_shift
@@ -344,8 +370,8 @@ def change_protection(k: Kernel, mm: MM, vma: VMA, start: int, end: int) -> None
             base = pmd_base + index * span
             lo, hi = max(start, base), min(end, base + span)
             a, b = (lo - base) >> page_shift, ((hi - base - 1) >> page_shift) + 1
-            if table is None or not (k.phys.tables[table, a:b] & MAPPED).any():
-                continue
+            if table is None or (k.mem_map.refcount[table] == 1 and not (k.phys.tables[table, a:b] & MAPPED).any()):
+                continue  # a shared table is unshared even when empty here: see unshare_pte_tables
             table = k.policy.prepare_pte_write(k, mm, (pmd, index), lo, "change_protection")
             entries = k.phys.tables[table, a:b]
             mapped = (entries & MAPPED) != 0

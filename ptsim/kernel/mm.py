@@ -61,8 +61,7 @@ class MM:
     pcid: int  # tags this mm's TLB entries
     owner: int  # pid of the process using it, for the event trace
     vmas: list[VMA] = field(default_factory=list)
-    rss: int = 0  # resident pages mapped by its tables (anon and shmem; not the zero page)
-    swapents: int = 0  # swap entries in its tables (VmSwap)
+    # VmRSS and VmSwap are counted in the tables themselves (MemMap.table_rss): Kernel.get_mm_rss
     pgtables_bytes: int = 0  # bytes of tables below the root reachable from pgd
 
     def find_vma(self, addr: int) -> VMA | None:

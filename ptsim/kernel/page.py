@@ -8,6 +8,17 @@ Invariants (the checker recounts each one):
   point at it (Phillips: "use count = page count of the table page"). Shared means > 1;
 - mapcount counts entries, not processes: a page mapped through a table shared by three
   processes has mapcount 1. Unsharing the table copies the entry, and the page's counts go up;
+- anon_exclusive (PG_anon_exclusive) likewise belongs to the entry: one entry maps the page.
+  Linux means one process; the two agree wherever a write can happen, because no write goes
+  through a shared table (sharing rule 2), and a table of this mm's own is reached by one mm;
+- a page-table page's `table_rss` and `table_swapents` count the pages (not the zero page)
+  and the swap entries its entries hold. Every mm that reaches the table counts them in its
+  VmRSS and VmSwap, so a page filled into a shared table by one sharer is charged to all of
+  them without anyone having to find the others. This is ptsim's choice: Linux keeps these
+  counts per mm (MM_ANONPAGES, MM_SWAPENTS), which a table reached by several mms defeats.
+  Phillips' patch (16 Feb 2002, <E16c9FS-0004In-00@starship.berlin>) charged a child nothing
+  for a table shared at fork and charged an unsharing mm for every page the table maps
+  (`mm->rss++` per entry in `__pte_alloc`), so a parent that unshares counts its pages twice;
 - free frames are zero, so an allocated frame needs no clearing (the host never commits
   memory for a frame that is never written).
 """
@@ -68,7 +79,9 @@ class MemMap:
         self.refcount = np.zeros(n, dtype=np.int32)
         self.mapcount = np.zeros(n, dtype=np.int32)
         self.kind = np.zeros(n, dtype=np.uint8)
-        self.anon_exclusive = np.zeros(n, dtype=bool)  # PG_anon_exclusive: only one mm maps it
+        self.anon_exclusive = np.zeros(n, dtype=bool)  # PG_anon_exclusive: only one entry maps it
+        self.table_rss = np.zeros(n, dtype=np.int32)  # of a page-table page: pages its entries map
+        self.table_swapents = np.zeros(n, dtype=np.int32)  # of a page-table page: its swap entries
         self.kind[0] = self.kind[ZERO_PFN] = PG_RESERVED
         self.split = n - max(n // UNMOVABLE_SHARE, 4)  # frames from here up hold tables first
         self.movable = FreeList(np.arange(ZERO_PFN + 1, self.split, dtype=np.int64))
@@ -99,6 +112,7 @@ class MemMap:
         self.refcount[pfns] = 0
         self.mapcount[pfns] = 0
         self.anon_exclusive[pfns] = False
+        self.table_rss[pfns] = self.table_swapents[pfns] = 0
         self.movable.push(pfns[pfns < self.split])
         self.unmovable.push(pfns[pfns >= self.split])
 
@@ -106,14 +120,16 @@ class MemMap:
         return np.concatenate([self.movable.frames(), self.unmovable.frames()])
 
     def snapshot(self):
-        arrays = (self.refcount, self.mapcount, self.kind, self.anon_exclusive, self.movable.stack, self.unmovable.stack)
+        arrays = (self.refcount, self.mapcount, self.kind, self.anon_exclusive, self.table_rss, self.table_swapents,
+                  self.movable.stack, self.unmovable.stack)
         return tuple(a.copy() for a in arrays) + (self.movable.nr, self.unmovable.nr)
 
     def restore(self, snap) -> None:
         """Put the metadata back as `snapshot` found it; zero the frames freed by going back."""
-        refcount, mapcount, kind, excl, movable, unmovable, nr_movable, nr_unmovable = snap
+        refcount, mapcount, kind, excl, table_rss, table_swapents, movable, unmovable, nr_movable, nr_unmovable = snap
         reborn_free = np.flatnonzero((kind == PG_FREE) & (self.kind != PG_FREE))
         self.phys.tables[reborn_free] = 0
         self.refcount[:], self.mapcount[:], self.kind[:], self.anon_exclusive[:] = refcount, mapcount, kind, excl
+        self.table_rss[:], self.table_swapents[:] = table_rss, table_swapents
         self.movable.stack[:], self.unmovable.stack[:] = movable, unmovable
         self.movable.nr, self.unmovable.nr = nr_movable, nr_unmovable

@@ -11,7 +11,8 @@ from ..errors import ProcessExited, SegmentationFault
 from ..hardware import PageFault
 from .core import MAPPED, Kernel, Task
 from .fork import dup_mmap
-from .memory import access_error, change_protection, do_user_addr_fault, exit_mmap, release_vma, tlb_finish_mmu, unmap_region, zap_page_range
+from .memory import (access_error, change_protection, do_user_addr_fault, exit_mmap, release_vma, tlb_finish_mmu, unmap_region,
+                     unshare_pte_tables, zap_page_range)
 from .mm import PROTS, VMA, Shmem
 
 MADVICE = ("dontneed",)
@@ -98,6 +99,7 @@ def sys_mmap(k: Kernel, task: Task, addr, length, prot, shared) -> int:
     start, end = _range(k, addr, length, low=k.arch.mmap_min_addr)
     with k.transaction(mm, start, end, 2):  # MAP_FIXED over part of a shared table unshares it
         _do_munmap(k, mm, start, end, "do_mmap")
+        unshare_pte_tables(k, mm, start, end, "do_mmap")  # a table the new mapping shares a part of
         shmem = None
         if shared:
             shmem = Shmem(k._next_shmem, nr_vmas=1)

@@ -24,6 +24,7 @@ COUNTERS = (
     "pages_freed",
     "pages_swapped_out",
     "tlb_flushes",
+    "tlb_flushes_all",  # of them, flushes of every address space (flush_tlb_all)
     "fault_anon",  # first write to an untouched private page
     "fault_zero",  # first read of an untouched private page: the zero page is mapped
     "fault_shmem",  # a MAP_SHARED page mapped from its shmem object

@@ -4,8 +4,11 @@ The page's contents go to a slot of swap space (swap.py), and its entry becomes 
 
 2.4 reclaimed memory by walking each mm's page tables (swap_out -> try_to_swap_out). Through
 a shared table that walk changes what every sharer maps, though it reached the table through
-one mm: it must flush every sharer's TLB (sharing rule 14). This is the "only non-local VM
-operation" of the LKML review, and the checker catches a sharer's stale entry.
+one mm: every sharer's TLB must be flushed (sharing rule 14). Nothing in the kernel lists the
+mms that reach a table, so Phillips' revised patch of 22 Feb 2002
+(<E16e8Gf-0005HN-00@starship.berlin>) flushes every TLB, flush_tlb_all, whenever the table's
+count is above 1; ptsim does the same and counts those flushes (`tlb_flushes_all`). The
+checker, which does search every mm, catches a sharer left with a stale entry.
 
 Not modelled: the swap cache. A page mapped by more than one entry is not paged out, and
 two entries holding one slot each read it back into a page of their own.
@@ -20,12 +23,6 @@ from .core import Kernel
 from .memory import put_pages
 from .mm import MM
 from .page import PG_ANON
-
-
-def table_sharers(k: Kernel, table: int, addr: int) -> list[MM]:
-    """Every mm whose upper entry for `addr` points at `table`: a table knows no owners, so
-    finding them means looking in every mm (shared tables are shared at the same address)."""
-    return [mm for mm in k.mms.values() if k.slot_table(k.pmd_slot(mm, addr)) == table]
 
 
 def try_to_swap_out(k: Kernel, mm: MM, addr: int) -> bool:
@@ -43,11 +40,13 @@ def try_to_swap_out(k: Kernel, mm: MM, addr: int) -> bool:
         return False
     swap_slot = k.swap.store(k.phys.frame_bytes(pfn).tobytes())
     k.set_entry(table, index, swap_slot << PFN_SHIFT)
+    mem_map.table_rss[table] -= 1
+    mem_map.table_swapents[table] += 1
     page_addr = addr & ~(arch.page_size - 1)
-    for sharer in table_sharers(k, table, addr):  # one of them is mm
-        sharer.rss -= 1
-        sharer.swapents += 1
-        k.flush_tlb_range(sharer, page_addr, page_addr + arch.page_size, "try_to_swap_out")
+    if mem_map.refcount[table] > 1:  # other mms reach this entry, and none can say which
+        k.flush_tlb_all("try_to_swap_out")
+    else:
+        k.flush_tlb_range(mm, page_addr, page_addr + arch.page_size, "try_to_swap_out")
     put_pages(k, np.array([pfn]))  # after the flushes: no TLB may reach the freed page
     k.tracer.count("pages_swapped_out")
     k.tracer.emit("try_to_swap_out", "swap_out_page", pid=mm.owner, addr=page_addr, table=table, frame=pfn,
