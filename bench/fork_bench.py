@@ -20,6 +20,20 @@ measured side by side in one run, each the median of `--repeat` forks:
                 (clear bit 1), copy them into the child's tables, and add one to the refcount
                 of every page they map.
 
+and, in a second table, what two of the sharing policy's switches cost:
+
+  again, 1->2   "shared again" above: the table is write-protected only when its count goes
+                1 -> 2 (Phillips' proposal of 29 Jan 2002, ptsim's default).
+  again, every  the same fork under wrprotect="every_fork": the private entries are
+                write-protected at every fork that shares the table, whatever its count, as
+                Phillips' patch of 16 and 22 Feb 2002 does. They are read-only already, so the
+                pass changes nothing, but it reads every PTE again.
+  first, excl.  "shared first" under exclusive_at_fork=True: the fork also clears
+                PG_anon_exclusive of every page the shared tables map, keeping the flag's
+                per-process meaning as Linux's fork does (a pass over every PTE and a scatter
+                into the page metadata: the kind of per-page work that, with rmap and rss
+                accounting, took COW PTE's gains away).
+
 Every fork but "shared again" is of a parent that has just written every page: between two
 forks the child exits and the parent writes its whole buffer again, outside the timed region.
 So every fork write-protects every PTE and finds the tables cold in the cache, as the first
@@ -51,6 +65,7 @@ import numpy as np
 
 import ptsim
 from ptsim.hardware import ARCHES
+from ptsim.kernel.fork import SharedPolicy
 from ptsim.hardware.arch import PFN_SHIFT, _PAGE_PRESENT, _PAGE_RW
 from ptsim.host.measure import (GiB, KiB, MiB, TouchedBuffer, format_size, load_average, machine_info,
                                 parse_size, time_forks)
@@ -146,7 +161,7 @@ def bench_copy(size: int, repeat: int) -> tuple[dict, np.ndarray, int]:
     return {**summary(forks), "vmpte_kb": p.status()["VmPTE"], "host": host}, ptes, nframes
 
 
-def bench_shared(size: int, repeat: int, policy: str = "shared") -> tuple[dict, dict]:
+def bench_shared(size: int, repeat: int, policy="shared") -> tuple[dict, dict]:
     """Shared fork: with no other sharer (1 -> 2), and while a first child shares (2 -> 3)."""
     m = ptsim.Machine(arch="x86_64", policy=policy, ram=size + SPARE_RAM)
     p = m.spawn()
@@ -196,8 +211,13 @@ def bench_size(size: int, repeat: int) -> dict:
     gc.collect()
     upper_wp_first, _ = bench_shared(size, repeat, "upper_wp")
     gc.collect()
+    _, every_fork_again = bench_shared(size, repeat, SharedPolicy(wrprotect="every_fork"))
+    gc.collect()
+    exclusive_first, _ = bench_shared(size, repeat, SharedPolicy(exclusive_at_fork=True))
+    gc.collect()
     return {"size": size, "real": real, "copy": copy, "shared_first": shared_first, "shared_again": shared_again,
-            "upper_wp_first": upper_wp_first, "floor": floor}
+            "upper_wp_first": upper_wp_first, "floor": floor, "every_fork_again": every_fork_again,
+            "exclusive_first": exclusive_first}
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -235,6 +255,15 @@ def print_results(results: list[dict], repeat: int) -> None:
         print(f"{format_size(r['size']):>8} {r['real']['first_ms']:8.2f} {r['copy']['first_ms']:8.2f} {r['shared_first']['first_ms']:9.2f} "
               f"{r['real']['vmpte_kb']:11} {r['real']['vmpte_buffer_kb']:9} {r['copy']['vmpte_kb']:10} "
               f"{host['rss_bytes_per_page']:14.0f} {host['vmpte_bytes_per_page']:16.1f}")
+    print()
+    print(f"the sharing policy's switches, median of {repeat} (ms)")
+    print(f"{'size':>8} {'again, 1->2':>12} {'again, every':>13} {'first':>8} {'first, excl.':>13} "
+          f"{'every/1->2':>11} {'excl./first':>12}")
+    for r in results:
+        keys = ("shared_again", "every_fork_again", "shared_first", "exclusive_first")
+        again, every, first, excl = (r[k]["median_ms"] for k in keys)
+        print(f"{format_size(r['size']):>8} {again:12.3f} {every:13.3f} {first:8.2f} {excl:13.2f} "
+              f"{ratio(every, again):>11} {ratio(excl, first):>12}")
     print()
 
 
