@@ -115,3 +115,21 @@ def test_a_failed_write_leaves_no_entry_to_a_freed_table(policy):
     assert q.read(1 << 39, 7) == b"q's own"
     assert p.read(boundary - 4096, 8192) == b"p" * 8192
     assert p.read(boundary + (1 << 30), 6) == b"beyond"
+
+
+# -- the injection hook ------------------------------------------------------------------
+
+
+def test_an_injected_failure_hits_the_chosen_allocation_and_disarms():
+    m = ptsim.Machine(arch="toy", policy="copy", ram=1 << 14)
+    p = m.spawn()
+    a = p.mmap(512 - 2 * 64, 4 * 64, "rw", False)  # across a PTE table boundary
+    before = snapshot(m, [p], [(0, m.arch.task_size)])
+    m.kernel.mem_map.fail_after = 2  # the PMD table, the PTE table, then the first page fails
+    with pytest.raises(ptsim.OutOfMemory, match="injected"):
+        p.write(a, bytes(4 * 64))
+    assert m.kernel.mem_map.fail_after is None
+    assert snapshot(m, [p], [(0, m.arch.task_size)]) == before
+    m.check()
+    p.write(a, b"x" * 256)  # disarmed: it completes
+    assert p.read(a, 256) == b"x" * 256

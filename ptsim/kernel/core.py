@@ -226,8 +226,9 @@ class Kernel:
         `mm` in the range, its VMAs, every mm's and task's counters, shmem page caches, swap,
         the kernel's counters and trace.
         The TLB entries of `mm` are flushed, which only costs the next accesses a walk.
+        A test that injects a failure (`MemMap.fail_after`) makes every transaction save.
         """
-        if self.mem_map.nr_free >= frames_bound:
+        if self.mem_map.nr_free >= frames_bound and self.mem_map.fail_after is None:
             yield
             return
         saved = self._save(mm, start, end)
