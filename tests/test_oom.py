@@ -133,3 +133,105 @@ def test_an_injected_failure_hits_the_chosen_allocation_and_disarms():
     m.check()
     p.write(a, b"x" * 256)  # disarmed: it completes
     assert p.read(a, 256) == b"x" * 256
+
+
+# -- sweeps: every count of free frames a call can meet --------------------------------------
+
+# (geometry, level): calls straddle the first address where a table of `level` begins, so
+# they cross a boundary between the entries of the level above: x86_64's PGD (512 GiB), PUD
+# (1 GiB) and PMD (2 MiB) boundaries, i386's PGD boundary, toy's PGD and PMD boundaries.
+BOUNDARIES = [("x86_64", 1), ("x86_64", 2), ("x86_64", 3), ("i386", 1), ("toy", 1), ("toy", 2)]
+
+
+def page_bytes(machine, n):
+    return bytes([n]) * machine.arch.page_size
+
+
+class Scene:
+    """A process `p` with four private pages straddling boundary `b`, and one MAP_SHARED
+    page `far` in the next table of the level below, so that the upper table beyond `b`
+    exists before the call does. Only the first page is touched, or (`full`) all, then
+    `p` may fork once (`child`) or page two of them out (`swapped`)."""
+
+    def __init__(self, arch, policy, level, full=False, forked=False, swapped=False):
+        self.m = m = ptsim.Machine(arch=arch, policy=policy, ram=SWEEP_FRAMES * ptsim.ARCHES[arch].page_size)
+        a, self.page = m.arch, m.arch.page_size
+        self.b = a.span(level)
+        self.far = self.b + a.span(min(level + 1, a.levels - 1))
+        self.p = m.spawn()
+        self.p.mmap(self.b - 2 * self.page, 4 * self.page, "rw", False)
+        self.p.mmap(self.far, self.page, "rw", True)
+        self.p.write(self.far, b"far")
+        for i in range(4 if full else 1):
+            self.p.write(self.addr(i), page_bytes(m, i + 1))
+        self.child = self.p.fork() if forked else None
+        for i in (1, 2) if swapped else ():
+            assert m.swap_out(self.p, self.addr(i))
+        self.windows = [(self.b - 4 * self.page, self.far + self.page)]
+
+    def addr(self, i):
+        """Page i of the four: pages 2 and 3 lie beyond the boundary."""
+        return self.b + (i - 2) * self.page
+
+    def procs(self):
+        return [q for q in (self.p, self.child) if q is not None and not q.exited]
+
+    def old(self, i, n=1):
+        return b"".join(page_bytes(self.m, j + 1) for j in range(i, i + n))
+
+
+# name: (Scene arguments, the call, a check of what it did once it completes)
+CALLS = {
+    "write": (dict(), lambda s: s.p.write(s.addr(1), b"w" * 2 * s.page),
+              lambda s, r: s.p.read(s.addr(1), 2 * s.page) == b"w" * 2 * s.page),
+    "read": (dict(), lambda s: s.p.read(s.addr(1), 2 * s.page), lambda s, r: r == bytes(2 * s.page)),
+    "write_swapped": (dict(full=True, swapped=True), lambda s: s.p.write(s.addr(1) + 1, b"w" * s.page),
+                      lambda s, r: s.p.read(s.addr(1), 2 * s.page) == s.old(1)[:1] + b"w" * s.page + s.old(2)[1:]),
+    "read_swapped": (dict(full=True, swapped=True), lambda s: s.p.read(s.addr(0), 4 * s.page), lambda s, r: r == s.old(0, 4)),
+    "write_after_fork": (dict(full=True, forked=True), lambda s: s.p.write(s.addr(1), b"w" * 2 * s.page),
+                         lambda s, r: s.child.read(s.addr(1), 2 * s.page) == s.old(1, 2)
+                         and s.p.read(s.addr(1), 2 * s.page) == b"w" * 2 * s.page),
+    "fork": (dict(full=True), lambda s: s.p.fork(), lambda s, r: r.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+    "fork_again": (dict(full=True, forked=True), lambda s: s.p.fork(),
+                   lambda s, r: r.read(s.addr(0), 4 * s.page) == s.old(0, 4) and r.read(s.far, 3) == b"far"),
+    "mprotect": (dict(full=True, forked=True), lambda s: s.p.mprotect(s.addr(1), 2 * s.page, "r"),
+                 lambda s, r: s.p.read(s.addr(0), 4 * s.page) == s.old(0, 4)
+                 and pytest.raises(ptsim.SegmentationFault, s.p.write, s.addr(2), b"x") is not None),
+    "munmap": (dict(full=True, forked=True), lambda s: s.p.munmap(s.addr(1), 2 * s.page),
+               lambda s, r: s.p.read(s.addr(3), s.page) == s.old(3) and s.child.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+    "madvise": (dict(full=True, forked=True), lambda s: s.p.madvise(s.addr(1), 2 * s.page, "dontneed"),
+                lambda s, r: s.p.read(s.addr(0), 4 * s.page) == s.old(0) + bytes(2 * s.page) + s.old(3)
+                and s.child.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+    "mmap_fixed": (dict(full=True, forked=True), lambda s: s.p.mmap(s.addr(1), 2 * s.page, "rw", True),
+                   lambda s, r: s.p.read(s.addr(0), 4 * s.page) == s.old(0) + bytes(2 * s.page) + s.old(3)
+                   and s.child.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+    "exec": (dict(full=True, forked=True), lambda s: s.p.exec(), lambda s, r: s.child.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+    "exit": (dict(full=True, forked=True), lambda s: s.child.exit(), lambda s, r: s.p.read(s.addr(0), 4 * s.page) == s.old(0, 4)),
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("arch, level", BOUNDARIES, ids=[f"{a}-{ptsim.ARCHES[a].level_names[level - 1]}" for a, level in BOUNDARIES])
+def test_a_call_across_a_boundary_completes_or_changes_nothing(arch, level, call, policy):
+    """With 0, 1, 2, ... frames free, the call fails and changes nothing, until it has all it
+    takes: it then completes, and the machine works on once the frames are given back."""
+    args, run, worked = CALLS[call]
+    s = Scene(arch, policy, level, **args)
+    m, probe = s.m, Probe(s.m)
+    for free in itertools.count():
+        hog = leave_free(m, free)
+        procs = [*s.procs(), hog]
+        before, frames = snapshot(m, procs, s.windows), probe.frames
+        try:
+            result = run(s)
+            break
+        except ptsim.OutOfMemory:
+            assert snapshot(m, procs, s.windows) == before, f"{free} free"
+            m.check()
+            hog.exit()
+    assert probe.frames - frames == free  # it failed with any frame fewer
+    m.check()
+    hog.exit()
+    assert worked(s, result)
+    m.check()
