@@ -247,8 +247,9 @@ class Kernel:
         range (faults, zaps and mprotect rewrite its entries; an unshare copies it and, under
         upper_wp, write-protects it). A table shared with other mms is saved once, for all.
         Tables the call allocates need nothing: restoring the frame metadata frees and zeroes
-        them. Nor do frames it frees: a call frees pages and tables only after its last
-        allocation (tlb_finish_mmu comes last), so no rollback brings a freed frame back.
+        them. Nor do the frames it frees (freeing zeroes them): a call frees only once it has
+        allocated all it will (a zap frees in tlb_finish_mmu, after its unshares; the put_page
+        of a copy-on-write never drops the last reference), so no rollback revives a frame.
         """
         arch, tables = self.arch, self.phys.tables
         pfns, level_tables = [mm.pgd], [(mm.pgd, 0)]  # (table, the address it maps from)
