@@ -255,8 +255,9 @@ class Kernel:
         `mm` in the range, its VMAs, every mm's and task's counters, shmem page caches, swap,
         the kernel's counters and trace.
         The TLB entries of `mm` are flushed, which only costs the next accesses a walk.
+        A test that injects a failure (`MemMap.fail_after`) makes every transaction save.
         """
-        if self.mem_map.nr_free >= frames_bound:
+        if self.mem_map.nr_free >= frames_bound and self.mem_map.fail_after is None:
             yield
             return
         saved = self._save(mm, start, end)
@@ -267,24 +268,35 @@ class Kernel:
             raise
 
     def _save(self, mm: MM, start: int, end: int):
-        rows = {}
-        for table, first, last, _ in self.leaf_slots(mm, start, end):
-            rows[table] = self.phys.tables[table].copy()
-            entries = self.phys.tables[table, first:last]
-            for leaf in self.pfns_of(entries[(entries & _PAGE_PRESENT) != 0]):
-                rows[int(leaf)] = self.phys.tables[leaf].copy()
-        table = mm.pgd
-        rows[table] = self.phys.tables[table].copy()
-        for level in range(self.arch.levels - 2):  # upper tables on the way to `start`
-            entry = self.entry(table, self.arch.index(level, start))
-            if not entry & _PAGE_PRESENT:
-                break
-            table = self.entry_pfn(entry)
-            rows[table] = self.phys.tables[table].copy()
+        """What `transaction` puts back if the call on [start, end) runs out.
+
+        Of physical memory, every table of `mm` such a call can write: each upper table whose
+        span meets the range, at every level (a fault installs a table below any of them, and
+        free_pgtables clears their entries), and each last-level table they point at from the
+        range (faults, zaps and mprotect rewrite its entries; an unshare copies it and, under
+        upper_wp, write-protects it). A table shared with other mms is saved once, for all.
+        Tables the call allocates need nothing: restoring the frame metadata frees and zeroes
+        them. Nor do the frames it frees (freeing zeroes them): a call frees only once it has
+        allocated all it will (a zap frees in tlb_finish_mmu, after its unshares; the put_page
+        of a copy-on-write never drops the last reference), so no rollback revives a frame.
+        """
+        arch, tables = self.arch, self.phys.tables
+        pfns, level_tables = [mm.pgd], [(mm.pgd, 0)]  # (table, the address it maps from)
+        for level in range(arch.levels - 1):
+            below = []
+            for table, base in level_tables:
+                first = arch.index(level, max(start, base))
+                row = tables[table, first : arch.index(level, min(end, base + arch.span(level)) - 1) + 1]
+                present = np.flatnonzero(row & _PAGE_PRESENT)
+                bases = base + ((present + first) << arch.shift(level))
+                below += zip(self.pfns_of(row[present]).tolist(), bases.tolist())
+            pfns += [table for table, _ in below]
+            level_tables = below
+        pfns = np.array(pfns, dtype=np.int64)
         shmems = {id(v.shmem): v.shmem for t in self.tasks.values() if t.mm for v in t.mm.vmas if v.shmem}
         return dict(
             mem_map=self.mem_map.snapshot(),
-            rows=rows,
+            tables=(pfns, tables[pfns].copy()),
             mms=[(m, m.pgtables_bytes) for m in self.mms.values()],
             vmas=[copy.copy(v) for v in mm.vmas],
             swap=self.swap.snapshot(),
@@ -297,8 +309,8 @@ class Kernel:
 
     def _restore(self, mm: MM, saved) -> None:
         self.mem_map.restore(saved["mem_map"])
-        for table, row in saved["rows"].items():
-            self.phys.tables[table] = row
+        pfns, rows = saved["tables"]
+        self.phys.tables[pfns] = rows
         for m, pgtables_bytes in saved["mms"]:
             m.pgtables_bytes = pgtables_bytes
         mm.vmas = saved["vmas"]

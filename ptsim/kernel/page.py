@@ -91,7 +91,27 @@ class MemMap:
     def nr_free(self) -> int:
         return self.movable.nr + self.unmovable.nr
 
+    fail_after: int | None = None  # failure injection, for tests: see `alloc`
+
     def alloc(self, n: int, kind: int) -> np.ndarray:
+        """`n` frames of `kind`, taken from the free lists; OutOfMemory if fewer are free.
+
+        Failure injection, as SQLite's tests make the N-th malloc fail: while `fail_after` is
+        not None, it is how many more allocations succeed before one raises OutOfMemory, however
+        many frames are free. It counts allocations, not frames (a fork takes a run of tables
+        in one), so that a test can fail each allocation of a call in turn: 0, 1, 2, ... until
+        the call completes with the hook still armed. Firing disarms it, so the test can tell
+        an injected failure from a real one, and the rollback and the calls after it run as
+        usual. While armed, every Kernel.transaction saves state, frames to spare or not: any
+        allocation may fail. That leaves the path that saves nothing to a test of its own, that
+        no call allocates more frames than the bound its transaction declares. Unarmed, the
+        hook costs one comparison.
+        """
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                self.fail_after = None
+                raise OutOfMemory(f"{n} frame(s) needed: failure injected")
+            self.fail_after -= 1
         if n > self.nr_free:
             raise OutOfMemory(f"{n} frame(s) needed, {self.nr_free} free")
         first, second = (self.unmovable, self.movable) if kind == PG_PGTABLE else (self.movable, self.unmovable)
