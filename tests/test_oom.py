@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_stateful import POLICIES, PROTS, kernel_pages, observe
+from test_stateful import POLICIES, PROTS, VARIANTS, kernel_pages, observe
 
 import ptsim
 
@@ -95,7 +95,7 @@ def test_a_failed_write_leaves_no_entry_to_a_freed_table(policy):
     table. The rollback used to restore only the tables on the way to the first address,
     leaving that PUD's entry pointing at the freed PMD frame, which the next table
     allocation handed to another process."""
-    m = ptsim.Machine(arch="x86_64", policy=policy, ram=SWEEP_FRAMES * 4096)
+    m = ptsim.Machine(arch="x86_64", policy=VARIANTS[policy], ram=SWEEP_FRAMES * 4096)
     p, boundary = m.spawn(), 1 << 39
     p.mmap(boundary - 4096, 8192, "rw", False)
     p.mmap(boundary + (1 << 30), 4096, "rw", False)
@@ -163,7 +163,7 @@ class Scene:
     is written, or (`full`) all four; then `p` may fork (`child`) or page two out (`swapped`)."""
 
     def __init__(self, arch, policy, level, full=False, forked=False, swapped=False):
-        self.m = m = ptsim.Machine(arch=arch, policy=policy, ram=SWEEP_FRAMES * ptsim.ARCHES[arch].page_size)
+        self.m = m = ptsim.Machine(arch=arch, policy=VARIANTS[policy], ram=SWEEP_FRAMES * ptsim.ARCHES[arch].page_size)
         a, self.page = m.arch, m.arch.page_size
         self.b = a.span(level)
         self.far = self.b + a.span(min(level + 1, a.levels - 1))
@@ -275,7 +275,7 @@ class InjectEverywhere(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.m = ptsim.Machine(arch=self.arch, policy=self.policy, ram=RANDOM_FRAMES[self.arch] * ptsim.ARCHES[self.arch].page_size)
+        self.m = ptsim.Machine(arch=self.arch, policy=VARIANTS[self.policy], ram=RANDOM_FRAMES[self.arch] * ptsim.ARCHES[self.arch].page_size)
         Probe(self.m)
         a = self.m.arch
         self.page, self.anchors = a.page_size, list(ANCHORS[self.arch])
@@ -397,10 +397,11 @@ class InjectEverywhere(RuleBasedStateMachine):
 
 RANDOM_SETTINGS = settings(max_examples=30, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 for _arch, _policy in itertools.product(ARCHES, POLICIES):
-    _machine = type(f"InjectEverywhere_{_arch}_{_policy}", (InjectEverywhere,), dict(arch=_arch, policy=_policy))
-    globals()[f"TestInjectEverywhere_{_arch}_{_policy}"] = _case = _machine.TestCase
+    _name = f"{_arch}_{_policy.replace('/', '_')}"
+    _machine = type(f"InjectEverywhere_{_name}", (InjectEverywhere,), dict(arch=_arch, policy=_policy))
+    globals()[f"TestInjectEverywhere_{_name}"] = _case = _machine.TestCase
     _case.settings = RANDOM_SETTINGS
-del _arch, _policy, _machine, _case  # not tests of their own
+del _arch, _policy, _name, _machine, _case  # not tests of their own
 
 
 def test_report_the_failures_rolled_back():
