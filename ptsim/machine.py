@@ -17,22 +17,25 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from .checking.invariants import check
-from .hardware import ARCHES
-from .kernel import POLICIES, Kernel, Task
+from .hardware import ARCHES, Arch
+from .kernel import POLICIES, CopyPolicy, Kernel, Task
 from .kernel import syscalls as sys
 from .kernel.vmscan import try_to_swap_out
 
 
 class Machine:
-    def __init__(self, arch: str = "x86_64", policy: str = "copy", ram: int = 64 << 20):
-        if arch not in ARCHES:
-            raise ValueError(f"arch must be one of {sorted(ARCHES)}, not {arch!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
-        page = ARCHES[arch].page_size
-        if not isinstance(ram, int) or isinstance(ram, bool) or ram <= 0 or ram % page:
-            raise ValueError(f"ram must be a positive multiple of the {page}-byte page, not {ram!r}")
-        self.kernel = Kernel(ARCHES[arch], ram, POLICIES[policy])
+    """arch: a name in ptsim.ARCHES. policy: a name in ptsim.POLICIES, or a policy object
+    (ptsim.kernel.CopyPolicy or a subclass). ram: bytes, whole pages, within what the
+    geometry's frame numbers reach (see `_check_ram`)."""
+
+    def __init__(self, arch: str = "x86_64", policy: str | CopyPolicy = "copy", ram: int = 64 << 20):
+        geometry = _arch(arch)
+        policy = _policy(policy)
+        _check_ram(geometry, ram)
+        try:
+            self.kernel = Kernel(geometry, ram, policy)
+        except MemoryError as error:  # numpy could not reserve the frames or their metadata
+            raise ValueError(f"ram: the host cannot allocate {ram:#x} bytes of simulated memory ({error})") from None
 
     @property
     def arch(self):
@@ -79,6 +82,39 @@ class Machine:
             if outer is not None:
                 outer.extend(tracer.events)
             tracer.events = outer
+
+
+def _arch(arch) -> Arch:
+    # isinstance first: `arch in ARCHES` raises TypeError for an unhashable value.
+    if not isinstance(arch, str) or arch not in ARCHES:
+        raise ValueError(f"arch must be one of {sorted(ARCHES)}, not {arch!r}")
+    return ARCHES[arch]
+
+
+def _policy(policy) -> CopyPolicy:
+    """A policy by name, or a policy object (CopyPolicy or a subclass) used as it is."""
+    if isinstance(policy, CopyPolicy):
+        return policy
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)} or a CopyPolicy, not {policy!r}")
+    return POLICIES[policy]
+
+
+def _check_ram(arch: Arch, ram) -> None:
+    """RAM must be whole pages, and every frame must have a number an entry can hold.
+
+    The frame-number reach is the only ceiling of the geometry: 4 GiB on i386 (20-bit frame
+    numbers), 4 PiB on x86_64. Below it the host decides: the frames are reserved zeroed and
+    only committed where written, so a machine far bigger than the host's memory can be made
+    on a host that overcommits; its per-frame metadata (a few tens of bytes a frame) is
+    committed at once. A reservation the host refuses is a ValueError naming ram.
+    """
+    page = arch.page_size
+    if not isinstance(ram, int) or isinstance(ram, bool) or ram <= 0 or ram % page:
+        raise ValueError(f"ram must be a positive multiple of the {page}-byte page, not {ram!r}")
+    reach = (1 << arch.pfn_bits) * page
+    if ram > reach:
+        raise ValueError(f"ram: {ram:#x} bytes is more than the {arch.pfn_bits}-bit frame numbers of {arch.name} reach ({reach:#x} bytes)")
 
 
 class Process:

@@ -6,6 +6,7 @@ import pytest
 
 import ptsim
 from ptsim.hardware.arch import _PAGE_ACCESSED, _PAGE_DIRTY
+from ptsim.kernel import CopyPolicy, SharedPolicy
 
 PAGE = 4096
 TASK_SIZE = ptsim.ARCHES["x86_64"].task_size
@@ -78,11 +79,42 @@ def word(name):
         ({"ram": True}, "ram"),
         ({"ram": "8M"}, "ram"),
         ({"ram": 4 * PAGE}, "ram"),  # too few frames for a machine
+        ({"arch": ["x86_64"]}, "arch"),  # unhashable: no TypeError from the ARCHES lookup
+        ({"policy": ["copy"]}, "policy"),
+        ({"policy": 3}, "policy"),
+        ({"policy": CopyPolicy}, "policy"),  # the class, not a policy object
+        ({"arch": "i386", "ram": (4 << 30) + PAGE}, "ram"),  # one frame past 20-bit frame numbers
+        ({"arch": "toy", "ram": (64 << 40) + 64}, "ram"),  # past 40-bit frame numbers of 64-byte pages
+        ({"ram": 1 << 50}, "ram"),  # within x86_64's reach, but no host reserves 1 PiB
     ],
 )
 def test_machine_rejects_bad_argument_naming_it(kwargs, name):
     with pytest.raises(ValueError, match=word(name)):
         ptsim.Machine(**kwargs)
+
+
+def test_i386_machine_of_exactly_the_frame_number_reach_works():
+    """4 GiB: its last frame, 2**20 - 1, holds the first table (tables come from the top)."""
+    try:
+        m = ptsim.Machine(arch="i386", policy="shared", ram=4 << 30)
+    except ValueError as error:  # a host that does not overcommit 4 GiB of zeroes
+        pytest.skip(str(error))
+    p = m.spawn()
+    a = p.mmap(None, 1 << 22)
+    p.write(a, b"hi")
+    c = p.fork()
+    c.write(a, b"ho")
+    assert (p.read(a, 2), c.read(a, 2)) == (b"hi", b"ho")
+    assert m.kernel.mem_map.kind[(1 << 20) - 1] != 0, "the top frame is in use"
+
+
+def test_machine_takes_a_policy_object():
+    m = ptsim.Machine(policy=SharedPolicy(), ram=8 << 20)
+    p = m.spawn()
+    p.mmap(A, PAGE)
+    p.write(A, b"x")
+    p.fork()
+    assert m.policy == "shared" and m.counters["tables_shared"] == 1
 
 
 BAD_CALLS = {
