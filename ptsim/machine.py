@@ -63,7 +63,8 @@ class Machine:
 
     def swap_out(self, process: Process, addr: int) -> bool:
         """Reclaim: page out the private page `process` maps at `addr`, as 2.4's page-table
-        scan would on reaching it. False if it cannot go: not mapped, or mapped twice."""
+        scan would on reaching it. False if it cannot go: not mapped, or mapped twice.
+        ptsim.OutOfMemory if every swap slot is taken (the page stays; nothing changes)."""
         sys.check_alive(process._task)
         return try_to_swap_out(self.kernel, process._task.mm, addr)
 

@@ -7,6 +7,7 @@ import pytest
 import ptsim
 from ptsim.hardware.arch import _PAGE_ACCESSED, _PAGE_DIRTY
 from ptsim.kernel import CopyPolicy, SharedPolicy
+from ptsim.kernel.swap import SwapDevice
 
 PAGE = 4096
 TASK_SIZE = ptsim.ARCHES["x86_64"].task_size
@@ -46,7 +47,7 @@ def state(m, procs):
     """Everything a failed call must leave as it was."""
     mem_map = m.kernel.mem_map
     frames = (mem_map.refcount.tolist(), mem_map.mapcount.tolist(), mem_map.kind.tolist())
-    return (m.free_frames, m.counters, frames, [process_state(p) for p in procs])
+    return (m.free_frames, m.counters, frames, m.kernel.swap.snapshot(), [process_state(p) for p in procs])
 
 
 def assert_refused(m, procs, call, error, match=None):
@@ -356,3 +357,72 @@ def test_fork_that_runs_out_of_memory_consumes_no_pid():
         p.fork()
     filler.exit()
     assert p.fork().pid == filler.pid + 1
+
+
+# -- swap slots --------------------------------------------------------------------------
+
+
+def test_swap_slots_are_reused_lowest_first_and_slot_0_never():
+    swap = SwapDevice(8)  # slots 1 to 7
+    assert [swap.store(b"%d" % i) for i in range(7)] == list(range(1, 8))
+    full = swap.snapshot()
+    with pytest.raises(ptsim.OutOfMemory, match="swap is full"):
+        swap.store(b"one too many")
+    assert swap.snapshot() == full
+    swap.put([5, 2])
+    swap.dup([3])
+    swap.put([3])  # still held once
+    assert [swap.store(b"a"), swap.store(b"b")] == [2, 5]
+    assert swap.data[2] == b"a" and swap.count == dict.fromkeys(range(1, 8), 1)
+
+
+def test_swap_restore_is_exact_free_slots_included():
+    swap = SwapDevice(1 << 20)
+    for _ in range(6):
+        swap.store(b"x")
+    swap.put([4, 2])
+    snap = swap.snapshot()
+    swap.put([1])
+    swap.store(b"y")
+    swap.store(b"z")
+    swap.restore(snap)
+    assert swap.snapshot() == snap
+    assert [swap.store(b"p"), swap.store(b"q"), swap.store(b"r")] == [2, 4, 7]
+
+
+def test_i386_swap_outlives_2_20_swap_outs():
+    """The slot lives in i386's 20-bit PFN field: a device that never reused a slot would
+    overflow it after 2**20 swap-outs. The allocator alone, then the whole path."""
+    m = ptsim.Machine(arch="i386", ram=8 << 20)
+    swap = m.kernel.swap
+    assert swap.nr_slots == 1 << 20
+    for _ in range((1 << 20) + 16):
+        slot = swap.store(b"")
+        swap.put([slot])
+    assert slot == 1 and swap.count == {}
+    p = m.spawn()
+    a = p.mmap(None, PAGE)
+    p.write(a, b"page")
+    slots = set()
+    for _ in range(200):
+        with m.trace() as events:
+            assert m.swap_out(p, a)
+        slots |= {e.detail["slot"] for e in events if e.action == "swap_out_page"}
+        assert p.read(a, 4) == b"page"
+    assert slots == {1} and p.majflt == 200
+    m.check()
+
+
+def test_swap_out_with_swap_full_raises_out_of_memory_and_changes_nothing():
+    m = ptsim.Machine(arch="i386", ram=8 << 20)
+    m.kernel.swap = SwapDevice(3)  # slots 1 and 2 only
+    p = m.spawn()
+    a = p.mmap(None, 4 * PAGE)
+    for i in range(3):
+        p.write(a + i * PAGE, b"page %d" % i)
+    assert m.swap_out(p, a) and m.swap_out(p, a + PAGE)
+    assert_refused(m, [p], lambda: m.swap_out(p, a + 2 * PAGE), ptsim.OutOfMemory, "swap is full")
+    assert p.read(a, 6) == b"page 0"  # its slot is free again
+    assert m.swap_out(p, a + 2 * PAGE)
+    assert [p.read(a + i * PAGE, 6) for i in range(3)] == [b"page %d" % i for i in range(3)]
+    m.check()

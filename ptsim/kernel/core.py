@@ -49,7 +49,7 @@ class Kernel:
         self.mmu = MMU(self.phys, self.tlb)
         self.policy = policy
         self.tracer = Tracer()
-        self.swap = SwapDevice()
+        self.swap = SwapDevice(1 << arch.pfn_bits)  # the slot goes in the PFN field
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
