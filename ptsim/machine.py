@@ -56,16 +56,24 @@ class Machine:
     def spawn(self) -> Process:
         """The first process of a program: an empty address space."""
         k = self.kernel
-        task = Task(k.new_pid(), None)
-        task.mm = k.mm_alloc(task.pid)
-        k.tasks[task.pid] = task
+        pid = k.new_pid(take=False)  # taken once the pgd is allocated, as fork takes it
+        task = Task(pid, k.mm_alloc(pid))
+        k.new_pid()
+        k.tasks[pid] = task
         return Process(self, task)
 
     def swap_out(self, process: Process, addr: int) -> bool:
         """Reclaim: page out the private page `process` maps at `addr`, as 2.4's page-table
         scan would on reaching it. False if it cannot go: not mapped, or mapped twice.
         ptsim.OutOfMemory if every swap slot is taken (the page stays; nothing changes)."""
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a ptsim.Process, not {type(process).__name__}")
+        if process.machine is not self:
+            raise ValueError(f"process: {process!r} runs on another machine")
         sys.check_alive(process._task)
+        task_size = self.arch.task_size
+        if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr < task_size:
+            raise ValueError(f"addr must be an int in [0, {task_size:#x}), not {addr!r}")
         return try_to_swap_out(self.kernel, process._task.mm, addr)
 
     def check(self) -> None:
@@ -173,8 +181,11 @@ class Process:
         phys = self.machine.kernel.phys
         return b"".join(phys.read(pa, n) for pa, n in sys.access_user(self.machine.kernel, self._task, addr, length, False))
 
-    def write(self, addr: int, data: bytes) -> None:
-        data = bytes(data)
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        # bytes() would also take an int (that many zeros), a list or a range: refuse them.
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+        data = bytes(data)  # a copy, and a memoryview of any format as its bytes
         phys, done = self.machine.kernel.phys, 0
         for pa, n in sys.access_user(self.machine.kernel, self._task, addr, len(data), True):
             phys.write(pa, data[done : done + n])

@@ -1,5 +1,6 @@
 """Bad input, forbidden accesses, dead processes and exhausted memory: a clear error, no change."""
 
+import array
 import re
 
 import pytest
@@ -156,6 +157,41 @@ def test_bad_argument_raises_value_error_naming_it_and_changes_nothing(case):
     call, name = BAD_CALLS[case]
     m, p = machine()
     assert_refused(m, [p], lambda: call(p), ValueError, word(name))
+
+
+@pytest.mark.parametrize("data", [3, 0, [1, 2], {1}, range(4), "text", None, 1.5, bytes], ids=repr)
+def test_write_takes_only_bytes_like_data(data):
+    m, p = machine()
+    assert_refused(m, [p], lambda: p.write(A, data), TypeError, word("data"))
+
+
+def test_write_takes_bytes_bytearray_and_memoryview():
+    m, p = machine()
+    p.write(A, bytearray(b"ab"))
+    p.write(A + 2, memoryview(b"--cd")[2:])
+    p.write(A + 4, memoryview(array.array("H", [0x6665])))  # any format: its bytes, little-endian
+    assert p.read(A, 6) == b"abcdef"
+
+
+def test_swap_out_rejects_another_machines_process():
+    m, p = machine()
+    other, q = machine()
+    assert_refused(m, [p], lambda: m.swap_out(q, A), ValueError, word("process"))
+    assert_refused(other, [q], lambda: m.swap_out(q, A), ValueError, word("process"))
+    assert_refused(m, [p], lambda: m.swap_out(p.pid, A), ValueError, word("process"))
+
+
+@pytest.mark.parametrize("addr", [None, str(A), float(A), True, -PAGE, TASK_SIZE], ids=repr)
+def test_swap_out_rejects_bad_addr(addr):
+    m, p = machine()
+    assert_refused(m, [p], lambda: m.swap_out(p, addr), ValueError, word("addr"))
+
+
+def test_swap_out_takes_an_unmapped_or_unaligned_user_address():
+    m, p = machine()
+    assert m.swap_out(p, FREE) is False
+    assert m.swap_out(p, A + 2 * PAGE + 5) is True
+    assert p.read(A + 2 * PAGE, 6) == b"page 2"
 
 
 def test_refused_mprotect_does_not_split_the_vma():
@@ -348,6 +384,16 @@ def test_call_that_ran_out_of_memory_succeeds_once_memory_is_freed(case, policy)
     for p in procs:
         if not p.exited and p.mm.find_vma(A + 2 * PAGE):
             assert p.read(A + 2 * PAGE, 6) == b"page 2"
+
+
+def test_spawn_that_runs_out_of_memory_changes_nothing_and_consumes_no_pid():
+    m, p = small("copy")
+    filler = exhaust(m, 0)
+    assert_refused(m, [p, filler], m.spawn, ptsim.OutOfMemory)
+    assert sorted(m.kernel.tasks) == [p.pid, filler.pid]
+    filler.exit()
+    assert m.spawn().pid == filler.pid + 1
+    m.check()
 
 
 def test_fork_that_runs_out_of_memory_consumes_no_pid():
