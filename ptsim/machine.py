@@ -82,15 +82,10 @@ class Machine:
 
     @contextmanager
     def trace(self):
-        """Record the kernel's events while the block runs: `with m.trace() as events: ...`."""
-        tracer = self.kernel.tracer
-        outer, tracer.events = tracer.events, []
-        try:
-            yield tracer.events
-        finally:
-            if outer is not None:
-                outer.extend(tracer.events)
-            tracer.events = outer
+        """Record the kernel's events while the block runs: `with m.trace() as events: ...`.
+        Traces may nest and close in any order: each gets every event reported while it is open."""
+        with self.kernel.tracer.listening([]) as events:
+            yield events
 
 
 def _arch(arch) -> Arch:

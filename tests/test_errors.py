@@ -472,3 +472,55 @@ def test_swap_out_with_swap_full_raises_out_of_memory_and_changes_nothing():
     assert m.swap_out(p, a + 2 * PAGE)
     assert [p.read(a + i * PAGE, 6) for i in range(3)] == [b"page %d" % i for i in range(3)]
     m.check()
+
+
+# -- traces ------------------------------------------------------------------------------
+
+
+def actions(events):
+    return [(e.func, e.action, e.addr) for e in events]
+
+
+def test_nested_traces_each_get_every_event_while_open():
+    m, p = machine()
+    with m.trace() as outer:
+        p.write(A + PAGE, b"1")
+        n = len(outer)
+        with m.trace() as inner:
+            p.write(A + 3 * PAGE, b"3")
+            assert inner and outer[n:] == inner, "both filled as the events come"
+        p.munmap(A, PAGE)
+    assert n and len(outer) > n + len(inner) and outer[n : n + len(inner)] == inner
+    assert m.kernel.tracer.events is None
+
+
+def test_traces_closed_out_of_order_lose_nothing():
+    m, p = machine()
+    first, second = m.trace(), m.trace()
+    outer = first.__enter__()
+    p.write(A + PAGE, b"1")
+    inner = second.__enter__()
+    p.write(A + 3 * PAGE, b"3")
+    first.__exit__(None, None, None)  # the outer one first
+    p.munmap(A, PAGE)
+    second.__exit__(None, None, None)
+    p.write(A + 2 * PAGE, b"not traced")
+    assert m.kernel.tracer.events is None
+    one, three = [e for e in outer if e.addr == A + PAGE], [e for e in outer if e.addr == A + 3 * PAGE]
+    assert one and three and len(outer) == len(one) + len(three)
+    assert actions(inner[: len(three)]) == actions(three)
+    assert {e.func for e in inner[len(three) :]} >= {"do_munmap"}
+
+
+def test_traces_of_a_call_that_ran_out_of_memory_keep_no_event_of_it():
+    m, p = small("copy")
+    filler = exhaust(m, 2)
+    with m.trace() as outer:
+        filler.munmap(B, PAGE)  # events; a third frame free: fork gets a pgd, pud and pmd, then runs out
+        kept = list(outer)
+        with m.trace() as inner, m.trace() as innermost:
+            with pytest.raises(ptsim.OutOfMemory):
+                p.fork()
+        assert outer == kept and inner == innermost == []
+    assert kept and m.kernel.tracer.events is None
+    m.check()

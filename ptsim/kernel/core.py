@@ -262,7 +262,7 @@ class Kernel:
             shmem=[(s, dict(s.pages), s.nr_vmas) for s in shmems.values()],
             tasks=[(t, t.minflt, t.majflt) for t in self.tasks.values()],
             counters=self.tracer.counters.copy(),
-            events=None if self.tracer.events is None else len(self.tracer.events),
+            events=self.tracer.mark(),
             next=(self._next_pcid, self._next_shmem, dict(self.mms)),
         )
 
@@ -279,7 +279,6 @@ class Kernel:
         for task, minflt, majflt in saved["tasks"]:
             task.minflt, task.majflt = minflt, majflt
         self.tracer.counters = saved["counters"]
-        if saved["events"] is not None:
-            del self.tracer.events[saved["events"] :]
+        self.tracer.rollback(saved["events"])
         self._next_pcid, self._next_shmem, self.mms = saved["next"]
         self.tlb.flush_pcid(mm.pcid)
