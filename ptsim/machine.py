@@ -15,11 +15,13 @@ machine's free frames and counters, not in per-process figures.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from .checking.invariants import check
 from .hardware import ARCHES, Arch
 from .kernel import POLICIES, CopyPolicy, Kernel, Task
 from .kernel import syscalls as sys
+from .kernel.mm import VMA
 from .kernel.vmscan import try_to_swap_out
 
 
@@ -108,10 +110,11 @@ def _check_ram(arch: Arch, ram) -> None:
     """RAM must be whole pages, and every frame must have a number an entry can hold.
 
     The frame-number reach is the only ceiling of the geometry: 4 GiB on i386 (20-bit frame
-    numbers), 4 PiB on x86_64. Below it the host decides: the frames are reserved zeroed and
-    only committed where written, so a machine far bigger than the host's memory can be made
-    on a host that overcommits; its per-frame metadata (a few tens of bytes a frame) is
-    committed at once. A reservation the host refuses is a ValueError naming ram.
+    numbers), 4 PiB on x86_64. Below it the host decides. The frames are reserved zeroed and
+    committed only where written, and of the per-frame metadata only the free lists are
+    written at once (some 8 bytes a frame), so a machine may be bigger than the host's memory
+    where the host overcommits; Linux's default refuses a reservation beyond its RAM and swap.
+    A reservation the host refuses is a ValueError naming ram.
     """
     page = arch.page_size
     if not isinstance(ram, int) or isinstance(ram, bool) or ram <= 0 or ram % page:
@@ -148,8 +151,9 @@ class Process:
         return self._task.majflt
 
     @property
-    def mm(self):
-        return self._task.mm
+    def mm(self) -> MMView | None:
+        """A read-only view of the address space (None once exited): see MMView."""
+        return None if self._task.exited else MMView(self._task)
 
     def mmap(self, addr: int | None = None, length: int = 0, prot: str = "rw", shared: bool = False) -> int:
         return sys.sys_mmap(self.machine.kernel, self._task, addr, length, prot, shared)
@@ -199,3 +203,98 @@ class Process:
             "VmPTE": mm.pgtables_bytes // 1024,
             "VmSwap": mm.swapents * page // 1024,
         }
+
+
+@dataclass(frozen=True)
+class VMAView:
+    """A VMA as it was when read: its range, prot and flags. Setting a field raises
+    AttributeError; nothing here reaches back into the kernel."""
+
+    start: int
+    end: int
+    prot: str  # "", "r" or "rw"
+    shared: bool  # MAP_SHARED (backed by a shmem object)
+    pgoff: int
+    anon_vma: bool
+    anon_vma_forked: bool
+    account: bool
+
+    # The kernel's own reading of the fields.
+    readable = VMA.readable
+    writable = VMA.writable
+    pgoff_of = VMA.pgoff_of
+
+    @classmethod
+    def of(cls, vma: VMA) -> VMAView:
+        return cls(vma.start, vma.end, vma.prot, vma.shared, vma.pgoff, vma.anon_vma, vma.anon_vma_forked, vma.account)
+
+
+class MMView:
+    """A process's address space, read only: what `Process.mm` gives, in place of the
+    kernel's `MM`, which a caller could change behind the kernel's back.
+
+    Every read goes to the process's current mm (an exec gives it a new one), and raises
+    ProcessExited once it has exited. VMAs come as VMAView copies. Kernel functions that
+    only read `mm.pgd` take a view as their mm: `k.follow_pte`, `k.pmd_slot` (without
+    alloc), `k.leaf_slots`. Setting or deleting any attribute raises AttributeError.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, task: Task):
+        object.__setattr__(self, "_task", task)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"mm is a read-only view: {name} cannot be set")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"mm is a read-only view: {name} cannot be deleted")
+
+    def __repr__(self) -> str:
+        task = self._task
+        return f"<mm of process {task.pid} (exited)>" if task.exited else f"<mm of process {task.pid}: pgd {self.pgd:#x}, pcid {self.pcid}, {len(task.mm.vmas)} vmas>"
+
+    @property
+    def _mm(self):
+        sys.check_alive(self._task)
+        return self._task.mm
+
+    @property
+    def pgd(self) -> int:
+        """The root table's frame: what CR3 holds while the process runs."""
+        return self._mm.pgd
+
+    @property
+    def pcid(self) -> int:
+        return self._mm.pcid
+
+    @property
+    def owner(self) -> int:
+        return self._mm.owner
+
+    @property
+    def vmas(self) -> tuple[VMAView, ...]:
+        return tuple(map(VMAView.of, self._mm.vmas))
+
+    def find_vma(self, addr: int) -> VMAView | None:
+        vma = self._mm.find_vma(addr)
+        return None if vma is None else VMAView.of(vma)
+
+    def vmas_in(self, start: int, end: int) -> tuple[VMAView, ...]:
+        return tuple(map(VMAView.of, self._mm.vmas_in(start, end)))
+
+    def vm_size(self) -> int:
+        return self._mm.vm_size()
+
+    @property
+    def pgtables_bytes(self) -> int:
+        return self._mm.pgtables_bytes
+
+    # What the kernel counts for the mm (VmRSS and VmSwap, in pages).
+    @property
+    def rss(self) -> int:
+        return self._mm.rss
+
+    @property
+    def swapents(self) -> int:
+        return self._mm.swapents

@@ -524,3 +524,63 @@ def test_traces_of_a_call_that_ran_out_of_memory_keep_no_event_of_it():
         assert outer == kept and inner == innermost == []
     assert kept and m.kernel.tracer.events is None
     m.check()
+
+
+# -- Process.mm: a read-only view ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pgd", "pcid", "owner", "vmas", "rss", "swapents", "pgtables_bytes", "find_vma", "_task", "new"])
+def test_mm_view_refuses_assignment_and_deletion(name):
+    m, p = machine()
+    mm = p.mm
+    assert_refused(m, [p], lambda: setattr(mm, name, 0), AttributeError, "read-only")
+    assert_refused(m, [p], lambda: delattr(mm, name), AttributeError, "read-only")
+
+
+def test_changing_a_vma_of_the_view_changes_nothing_in_the_kernel():
+    m, p = machine()
+    r = p.mmap(FREE, PAGE, "r")
+    vma = p.mm.find_vma(r)
+    with pytest.raises(AttributeError):
+        vma.prot = "rw"
+    object.__setattr__(vma, "prot", "rw")  # past the frozen dataclass: only the copy changes
+    with pytest.raises(AttributeError):
+        p.mm.vmas[0].end = A + 8 * PAGE
+    with pytest.raises(TypeError):
+        p.mm.vmas[0] = vma
+    assert p.mm.find_vma(r).prot == "r"
+    assert [(v.start, v.end, v.prot) for v in p.mm.vmas] == [(A, A + 4 * PAGE, "rw"), (FREE, FREE + PAGE, "r")]
+    segfault(m, p, lambda: p.write(r, b"x"))
+
+
+def test_mm_view_reads_what_the_kernel_has():
+    m, p = machine("shared")
+    c = p.fork()
+    assert m.swap_out(c, A)
+    k = m.kernel
+    for proc in (p, c):
+        mm, real = proc.mm, proc._task.mm
+        assert (mm.pgd, mm.pcid, mm.owner) == (real.pgd, real.pcid, proc.pid)
+        assert (mm.rss, mm.swapents, mm.pgtables_bytes, mm.vm_size()) == (real.rss, real.swapents, real.pgtables_bytes, real.vm_size())
+        assert [(v.start, v.end, v.prot, v.shared, v.anon_vma) for v in mm.vmas] == [(v.start, v.end, v.prot, v.shared, v.anon_vma) for v in real.vmas]
+        assert mm.vmas_in(A, A + PAGE) == mm.vmas and mm.find_vma(FREE) is None
+        assert mm.find_vma(A).readable and mm.find_vma(A).writable and mm.find_vma(A + PAGE).pgoff_of(A + PAGE, 12) == 1
+        # kernel read functions take the view as their mm
+        assert k.pmd_slot(mm, A) == k.pmd_slot(real, A)
+        assert [k.follow_pte(mm, A + i * PAGE) for i in range(4)] == [k.follow_pte(real, A + i * PAGE) for i in range(4)]
+        assert list(k.leaf_slots(mm, 0, TASK_SIZE)) == list(k.leaf_slots(real, 0, TASK_SIZE))
+        assert k.mmu.walk(mm.pgd, A + 2 * PAGE, False) == k.mmu.walk(real.pgd, A + 2 * PAGE, False)
+    assert (p.mm.swapents, c.mm.swapents) == (1, 1), "a shared table's swap entry counts in each sharer"
+    m.check()
+
+
+def test_mm_view_follows_exec_and_ends_with_exit():
+    m, p = machine()
+    mm = p.mm
+    old = mm.pgd, mm.pcid
+    p.exec()
+    assert (mm.pgd, mm.pcid) != old and mm.vmas == () and mm.pcid == p.mm.pcid
+    p.exit()
+    assert p.mm is None and "exited" in repr(mm)
+    with pytest.raises(ptsim.ProcessExited, match=f"process {p.pid}"):
+        mm.pgd
