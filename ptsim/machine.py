@@ -153,7 +153,7 @@ class Process:
     @property
     def mm(self) -> MMView | None:
         """A read-only view of the address space (None once exited): see MMView."""
-        return None if self._task.exited else MMView(self._task)
+        return None if self._task.exited else MMView(self)
 
     def mmap(self, addr: int | None = None, length: int = 0, prot: str = "rw", shared: bool = False) -> int:
         return sys.sys_mmap(self.machine.kernel, self._task, addr, length, prot, shared)
@@ -239,10 +239,10 @@ class MMView:
     alloc), `k.leaf_slots`. Setting or deleting any attribute raises AttributeError.
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_process",)
 
-    def __init__(self, task: Task):
-        object.__setattr__(self, "_task", task)
+    def __init__(self, process: Process):
+        object.__setattr__(self, "_process", process)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"mm is a read-only view: {name} cannot be set")
@@ -251,13 +251,14 @@ class MMView:
         raise AttributeError(f"mm is a read-only view: {name} cannot be deleted")
 
     def __repr__(self) -> str:
-        task = self._task
+        task = self._process._task
         return f"<mm of process {task.pid} (exited)>" if task.exited else f"<mm of process {task.pid}: pgd {self.pgd:#x}, pcid {self.pcid}, {len(task.mm.vmas)} vmas>"
 
     @property
     def _mm(self):
-        sys.check_alive(self._task)
-        return self._task.mm
+        task = self._process._task
+        sys.check_alive(task)
+        return task.mm
 
     @property
     def pgd(self) -> int:
@@ -290,11 +291,17 @@ class MMView:
     def pgtables_bytes(self) -> int:
         return self._mm.pgtables_bytes
 
-    # What the kernel counts for the mm (VmRSS and VmSwap, in pages).
     @property
     def rss(self) -> int:
-        return self._mm.rss
+        """Resident pages: VmRSS in pages."""
+        return self._counters()[0]
 
     @property
     def swapents(self) -> int:
-        return self._mm.swapents
+        """Swap entries: VmSwap in pages."""
+        return self._counters()[1]
+
+    def _counters(self) -> tuple[int, int]:
+        # The one place that knows where the kernel keeps an mm's rss and swap entries.
+        mm = self._mm
+        return mm.rss, mm.swapents

@@ -529,7 +529,7 @@ def test_traces_of_a_call_that_ran_out_of_memory_keep_no_event_of_it():
 # -- Process.mm: a read-only view ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["pgd", "pcid", "owner", "vmas", "rss", "swapents", "pgtables_bytes", "find_vma", "_task", "new"])
+@pytest.mark.parametrize("name", ["pgd", "pcid", "owner", "vmas", "rss", "swapents", "pgtables_bytes", "find_vma", "_process", "new"])
 def test_mm_view_refuses_assignment_and_deletion(name):
     m, p = machine()
     mm = p.mm
