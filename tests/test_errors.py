@@ -561,7 +561,8 @@ def test_mm_view_reads_what_the_kernel_has():
     for proc in (p, c):
         mm, real = proc.mm, proc._task.mm
         assert (mm.pgd, mm.pcid, mm.owner) == (real.pgd, real.pcid, proc.pid)
-        assert (mm.rss, mm.swapents, mm.pgtables_bytes, mm.vm_size()) == (real.rss, real.swapents, real.pgtables_bytes, real.vm_size())
+        status = proc.status()
+        assert [mm.vm_size(), mm.rss * PAGE, mm.pgtables_bytes, mm.swapents * PAGE] == [status[f] * 1024 for f in ("VmSize", "VmRSS", "VmPTE", "VmSwap")]
         assert [(v.start, v.end, v.prot, v.shared, v.anon_vma) for v in mm.vmas] == [(v.start, v.end, v.prot, v.shared, v.anon_vma) for v in real.vmas]
         assert mm.vmas_in(A, A + PAGE) == mm.vmas and mm.find_vma(FREE) is None
         assert mm.find_vma(A).readable and mm.find_vma(A).writable and mm.find_vma(A + PAGE).pgoff_of(A + PAGE, 12) == 1
