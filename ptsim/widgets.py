@@ -399,8 +399,7 @@ def snapshot(machine: Machine) -> Machine:
     used = np.flatnonzero(k.mem_map.kind != PG_FREE)
     data.reshape(phys.nframes, page)[used] = phys.bytes.reshape(phys.nframes, page)[used]
     memo = {id(phys.bytes): data, id(phys.tables): data.view(phys.tables.dtype).reshape(phys.tables.shape)}
-    if k.tracer.events is not None:
-        memo[id(k.tracer.events)] = []
+    memo[id(k.tracer.listeners)] = []  # the copy records for nobody
     copied = copy.deepcopy(machine, memo)
     tasks = copied.kernel.tasks
     for mm in copied.kernel.mms.values():
@@ -445,10 +444,8 @@ class Stepper(widgets.VBox):
         alive = {pid for pid, task in machine.kernel.tasks.items() if not task.exited}
         self.machine = machine
         self._snapshots: list[Machine] = []
-        with machine.trace():
-            # The list machine.trace() installed is swapped for one that snapshots the
-            # machine at each event; trace() still hands every event to an outer trace.
-            recorder = machine.kernel.tracer.events = _Recorder(lambda: self._snapshots.append(snapshot(machine)))
+        # A trace of its own, beside any open one: a list that snapshots the machine at each event.
+        with machine.kernel.tracer.listening(_Recorder(lambda: self._snapshots.append(snapshot(machine)))) as recorder:
             self.result = call()
         self.events = list(recorder)
         if not self.events:

@@ -192,7 +192,7 @@ class ThreeWay(RuleBasedStateMachine):
     def copy_faults_and_counts_like_the_oracle(self):
         for *processes, op in self.procs:
             assert processes[0].minflt == self.oracle.procs[op].minflt
-            assert processes[0].machine.kernel.get_mm_counters(processes[0].mm)[0] == self.oracle.rss(op)  # in pages: status() rounds to kB
+            assert processes[0].mm.rss == self.oracle.rss(op)  # in pages: status() rounds to kB
             assert {p.mm.vm_size() for p in processes} == {self.oracle.vm_size(op)}
 
     def mapped(self):

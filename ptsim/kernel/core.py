@@ -49,7 +49,7 @@ class Kernel:
         self.mmu = MMU(self.phys, self.tlb)
         self.policy = policy
         self.tracer = Tracer()
-        self.swap = SwapDevice()
+        self.swap = SwapDevice(1 << arch.pfn_bits)  # the slot goes in the PFN field
         self.tasks: dict[int, Task] = {}
         self.mms: dict[int, MM] = {}  # by pcid
         self._next_pid = self._next_pcid = self._next_shmem = 1
@@ -303,7 +303,7 @@ class Kernel:
             shmem=[(s, dict(s.pages), s.nr_vmas) for s in shmems.values()],
             tasks=[(t, t.minflt, t.majflt) for t in self.tasks.values()],
             counters=self.tracer.counters.copy(),
-            events=None if self.tracer.events is None else len(self.tracer.events),
+            events=self.tracer.mark(),
             next=(self._next_pcid, self._next_shmem, dict(self.mms)),
         )
 
@@ -320,7 +320,6 @@ class Kernel:
         for task, minflt, majflt in saved["tasks"]:
             task.minflt, task.majflt = minflt, majflt
         self.tracer.counters = saved["counters"]
-        if saved["events"] is not None:
-            del self.tracer.events[saved["events"] :]
+        self.tracer.rollback(saved["events"])
         self._next_pcid, self._next_shmem, self.mms = saved["next"]
         self.tlb.flush_pcid(mm.pcid)

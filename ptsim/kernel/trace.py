@@ -8,6 +8,7 @@ the kernel function that took it. Counters are always kept; events only while so
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 # Counter names, one per thing the book measures.
@@ -52,14 +53,48 @@ class Event:
 
 
 class Tracer:
+    """Counters, always; events, for every open trace.
+
+    Each open trace is a list in `listeners`, and every event goes to every one of them, so
+    traces may nest, overlap and close in any order: each gets exactly the events reported
+    while it was open.
+    """
+
     def __init__(self):
         self.counters: Counter = Counter()
-        self.events: list[Event] | None = None  # None while nobody listens
+        self.listeners: list[list[Event]] = []  # the open traces, oldest first
+
+    @property
+    def events(self) -> list[Event] | None:
+        """The newest open trace, None while nobody listens: kernel functions ask `events is
+        not None` before building events. Read only; `mark` and `rollback` undo events."""
+        return self.listeners[-1] if self.listeners else None
 
     def emit(self, func: str, action: str, **fields) -> None:
-        if self.events is not None:
-            self.events.append(Event(func, action, **fields))
+        if self.listeners:
+            event = Event(func, action, **fields)
+            for sink in self.listeners:
+                sink.append(event)
 
     def count(self, name: str, n: int = 1) -> None:
         assert name in COUNTERS, name
         self.counters[name] += n
+
+    @contextmanager
+    def listening(self, sink: list[Event]):
+        """Give `sink` (a list, or anything with append) every event until the block ends."""
+        self.listeners.append(sink)
+        try:
+            yield sink
+        finally:
+            # By identity: list.remove compares by value, and two traces may hold equal lists.
+            self.listeners = [s for s in self.listeners if s is not sink]
+
+    def mark(self):
+        """How far each open trace has got, for `rollback`."""
+        return [(sink, len(sink)) for sink in self.listeners]
+
+    def rollback(self, mark) -> None:
+        """Drop the events reported since `mark`, from every trace that was open then."""
+        for sink, n in mark:
+            del sink[n:]
