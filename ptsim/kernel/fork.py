@@ -22,12 +22,13 @@ one-line consequence (every VMA's tables are shared, `vma_needs_copy`):
    drop one use count of the old. The last sharer, count 1, keeps the table as it is.
    A read fault that fills an empty entry asks `prepare_pte_fill`; a switch, `read_fault`:
    "fill" (the default) fills the shared table, where every sharer sees the new entry, as
-   the patch of 16 and 18 Feb does (`__pte_alloc(mm, pmd, address, write_access)`;
-   <E16cm1k-0000Kq-00@starship.berlin>) and as Phillips defended on 19 Feb 2002
-   (<E16cxgg-0000xa-00@starship.berlin>); "unshare" unshares first, as Hugh Dickins proposed
-   (18 Feb, <Pine.LNX.4.21.0202180657210.10514-100000@localhost.localdomain>: concurrent read
-   faults could slot one page in twice, counting it double). The 22 Feb revision's diff no
-   longer passes write_access, so there every fault goes through `pte_alloc`, which unshares.
+   the patch of 16 and 18 Feb does (its handle_mm_fault calls `__pte_alloc(mm, pmd, address,
+   write_access)`; <E16c9FS-0004In-00@starship.berlin>, <E16cm1k-0000Kq-00@starship.berlin>)
+   and as Phillips defended on 19 Feb 2002 (<E16cxgg-0000xa-00@starship.berlin>); "unshare"
+   unshares first, as Hugh Dickins proposed (18 Feb,
+   <Pine.LNX.4.21.0202181759100.1248-100000@localhost.localdomain>: concurrent read faults
+   could slot one page in twice, counting it double). The 22 Feb revision drops that change
+   to handle_mm_fault, whose `pte_alloc` then unshares on every fault.
 
 `UpperWrprotectPolicy` shares as Phillips does but write-protects a shared table through the
 RW bit of each sharer's upper entry (McCracken 2002, ODF 2021): it overrides the upper entry
@@ -162,8 +163,8 @@ class SharedPolicy(CopyPolicy):
     def __init__(self, read_fault: str = "fill", wrprotect: str = "first_share", exclusive_at_fork: bool = False):
         """`read_fault` and `wrprotect`: see the module docstring. `exclusive_at_fork` makes a
         sharing fork clear PG_anon_exclusive of every page its shared tables map, keeping the
-        flag's per-process meaning as Linux's fork does (COW PTE had to do the same): it costs
-        a pass over every entry, where by default the flag means one entry (page.py)."""
+        flag's per-process meaning, as Linux's fork does page by page: it costs a pass over
+        every entry, where by default the flag means one entry (page.py)."""
         if read_fault not in self.READ_FAULTS:
             raise ValueError(f"read_fault must be one of {self.READ_FAULTS}, not {read_fault!r}")
         if wrprotect not in self.WRPROTECTS:
