@@ -168,8 +168,10 @@ def _check_frames(k: Kernel, table_refs, entry_refs, reached) -> None:
         p = int(bad[0])
         _fail(f"shmem page {p}: refcount {mem_map.refcount[p]}, mapcount {mem_map.mapcount[p]}, but {entry_refs[p]} entries map it")
     free = kind == PG_FREE
-    if (free & ((mem_map.refcount != 0) | (entry_refs != 0) | (table_refs != 0))).any():
-        _fail(f"free frames {np.flatnonzero(free & ((mem_map.refcount != 0) | (entry_refs != 0)))[:8].tolist()} are in use")
+    # A stale mapcount counts too: alloc does not reset it, and a shmem fault adds to it.
+    used = free & ((mem_map.refcount != 0) | (mem_map.mapcount != 0) | (entry_refs != 0) | (table_refs != 0))
+    if used.any():
+        _fail(f"free frames {np.flatnonzero(used)[:8].tolist()} are in use")
     if int(free.sum()) != mem_map.nr_free or set(mem_map.free_frames().tolist()) != set(np.flatnonzero(free).tolist()):
         _fail("the free-frame stack disagrees with the frames marked free")
     dirty = np.flatnonzero(free)[k.phys.tables[free].any(axis=1)]
