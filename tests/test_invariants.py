@@ -98,11 +98,21 @@ def fails(message: str, exact: bool = False):
     return pytest.raises(InvariantError, match=re.escape(message) if exact else message)
 
 
-def miscount(mm, counter: str, by: int) -> None:
-    """Put one of an mm's counters (rss, swapents, pgtables_bytes) `by` off what its tables
-    hold. Where the kernel keeps each count is its business: should rss move to per-table
-    counts, this helper is the one place these tests need to follow it."""
-    setattr(mm, counter, getattr(mm, counter) + by)
+def kmm(p):
+    """The kernel's own mm of process `p`, to break (Process.mm is a read-only view)."""
+    return p._task.mm
+
+
+def miscount(w: World, p, counter: str, by: int) -> str:
+    """Put one of p's counts (rss, swapents, pgtables_bytes) `by` off what its tables hold, and
+    return the start of the message the checker must give. rss and swapents are kept in the
+    last-level table that maps them (MemMap.table_rss, table_swapents), pgtables_bytes in the mm."""
+    if counter == "pgtables_bytes":
+        kmm(p).pgtables_bytes += by
+        return f"pid {p.pid}: pgtables_bytes is {kmm(p).pgtables_bytes} but"
+    table = pte_table(p, w.priv)
+    getattr(w.k.mem_map, f"table_{counter}")[table] += by
+    return f"table {table}: table_rss"
 
 
 # -- address spaces ---------------------------------------------------------------------------
@@ -196,7 +206,7 @@ def test_anon_page_with_no_counts_and_no_entry_is_leaked():
     set_pte(w, w.p, w.at(w.priv, 1), 0)
     mem_map.refcount[page] = mem_map.mapcount[page] = 0
     mem_map.anon_exclusive[page] = False
-    miscount(w.p.mm, "rss", -1)
+    miscount(w, w.p, "rss", -1)
     w.k.tlb.flush_pcid(w.p.mm.pcid)
     with fails(f"anon pages [{page}] are mapped by no entry (leaked)", exact=True):
         w.m.check()
@@ -241,7 +251,7 @@ def test_shmem_page_count_off_its_entries_and_cache_slot_fails(policy, delta, fi
 @pytest.mark.parametrize("how", ["shmem frame in no cache", "page in two cache slots", "anon frame in a cache"])
 def test_shmem_frames_and_page_caches_disagree_fails(how):
     w = world()
-    cache = w.p.mm.find_vma(w.shm).shmem.pages
+    cache = kmm(w.p).find_vma(w.shm).shmem.pages
     if how == "shmem frame in no cache":
         bad = w.k.mem_map.alloc_one(PG_SHMEM)
         w.k.mem_map.refcount[bad] = 0  # so that only the missing slot is wrong
@@ -290,7 +300,7 @@ def test_free_frame_that_is_not_zero_fails():
 def test_entry_where_no_vma_is_fails():
     """munmap that dropped the VMA but left its entries."""
     w = world()
-    w.p.mm.vmas.remove(w.p.mm.find_vma(w.ro))
+    kmm(w.p).vmas.remove(kmm(w.p).find_vma(w.ro))
     where = f"pid {w.p.pid}: entry {pte(w, w.p, w.ro):#x} for {w.ro:#x} in table {pte_table(w.p, w.ro)}"
     with fails(f"{where} lies outside every VMA", exact=True):
         w.m.check()
@@ -327,7 +337,7 @@ def test_prot_none_entry_in_an_accessible_vma_fails(region, prot):
 @pytest.mark.parametrize("how", ["cache slots swapped", "anon frame"])
 def test_map_shared_entry_that_is_not_its_shmem_objects_page_fails(how):
     w = world()
-    cache = w.p.mm.find_vma(w.shm).shmem.pages
+    cache = kmm(w.p).find_vma(w.shm).shmem.pages
     if how == "cache slots swapped":  # every count still right: only the offsets are wrong
         cache[0], cache[1] = cache[1], cache[0]
     else:
@@ -409,8 +419,26 @@ def test_child_counter_off_what_its_tables_hold_fails(policy, delta, counter, un
     """The child's: under sharing policies it counts what it reaches through shared tables."""
     w = world(policy, fork=True)
     by = delta * (unit or w.m.arch.page_size)
-    miscount(w.c.mm, counter, by)
-    with fails(f"pid {w.c.pid}: {counter} is {getattr(w.c.mm, counter)} but"):
+    with fails(miscount(w, w.c, counter, by), exact=True):
+        w.m.check()
+
+
+@pytest.mark.parametrize("counter", ["table_rss", "table_swapents"])
+def test_frame_that_is_no_table_counting_pages_fails(counter):
+    w = world()
+    page = frame(w, w.p, w.at(w.priv, 1))
+    getattr(w.k.mem_map, counter)[page] = 1
+    with fails(f"frames [{page}] are no tables but count pages", exact=True):
+        w.m.check()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mm_counters_off_the_tables_they_sum_fails(policy, monkeypatch):
+    """The kernel's sum over an mm's tables (VmRSS, VmSwap) is held to the recount too."""
+    w = world(policy, fork=True)
+    real = type(w.k).get_mm_counters
+    monkeypatch.setattr(type(w.k), "get_mm_counters", lambda k, mm: (real(k, mm)[0] + 1, real(k, mm)[1]))
+    with fails(r"pid \d+: rss and swapents are"):
         w.m.check()
 
 
@@ -446,9 +474,11 @@ def test_swap_entry_outside_a_private_vma_fails(where):
         dst = w.at(w.shm, 5)
         set_pte(w, w.p, src, 0)
         set_pte(w, w.p, dst, swap)
+        w.k.mem_map.table_swapents[pte_table(w.p, src)] -= 1  # the count moves with the entry
+        w.k.mem_map.table_swapents[pte_table(w.p, dst)] += 1
     else:  # the VMA shrunk from above, the entry left behind
         dst = src
-        w.p.mm.find_vma(w.priv).end = src
+        kmm(w.p).find_vma(w.priv).end = src
     with fails(f"pid {w.p.pid}: swap entry {swap:#x} for {dst:#x} is not in a private VMA", exact=True):
         w.m.check()
 
