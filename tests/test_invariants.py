@@ -248,7 +248,8 @@ def test_shmem_page_count_off_its_entries_and_cache_slot_fails(policy, delta, fi
         w.m.check()
 
 
-@pytest.mark.parametrize("how", ["shmem frame in no cache", "page in two cache slots", "anon frame in a cache"])
+@pytest.mark.parametrize("how", ["shmem frame in no cache", "page in two cache slots", "anon frame in a cache",
+                                 "anon frame in two cache slots"])
 def test_shmem_frames_and_page_caches_disagree_fails(how):
     w = world()
     cache = kmm(w.p).find_vma(w.shm).shmem.pages
@@ -257,9 +258,13 @@ def test_shmem_frames_and_page_caches_disagree_fails(how):
         w.k.mem_map.refcount[bad] = 0  # so that only the missing slot is wrong
     elif how == "page in two cache slots":
         bad = cache[5] = cache[0]
-    else:
+    elif how == "anon frame in a cache":
         bad = cache[5] = frame(w, w.p, w.priv)
-    with fails(f"shmem frames and shmem page caches disagree at [{bad}]", exact=True):
+    else:  # neither kind nor a single slot says shmem: only the count of slots catches it
+        cache[5] = cache[6] = frame(w, w.p, w.priv)
+        bad = None
+    where = "" if bad is None else f" at [{bad}]"
+    with fails(f"shmem frames and shmem page caches disagree{where}", exact=True):
         w.m.check()
 
 
@@ -402,7 +407,10 @@ def test_private_page_one_process_maps_at_two_addresses_writable_fails():
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_map_shared_page_writable_by_every_mapper_passes(policy):
+    """Even a read maps it writable: shmem needs no write notification (vm_page_prot has RW)."""
     w = world(policy, fork=True)
+    w.c.read(w.at(w.shm, 1), 1)
+    assert pte(w, w.c, w.at(w.shm, 1)) & _PAGE_RW
     w.c.write(w.shm, b"child")
     assert w.p.read(w.shm, 5) == b"child"
     assert pte(w, w.p, w.shm) & _PAGE_RW and pte(w, w.c, w.shm) & _PAGE_RW

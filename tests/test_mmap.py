@@ -98,23 +98,66 @@ HOST_CANNOT = (
 )
 
 
-def host_starts(length: int, shared: bool, tries: int = 4) -> list[int]:
-    """Where this machine's kernel puts `tries` anonymous mappings of `length`, each below a
-    fresh one-page mapping, so that a kernel that does not align would start them at
-    different offsets within a 2 MiB span."""
-    maps, starts = [], []
+PROT_NONE, MAP_FIXED_NOREPLACE = 0, 0x100000  # Python's mmap module has neither before 3.13
+MAP_FAILED = (1 << 64) - 1
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+def _map_fixed(libc, addr: int, length: int) -> bool:
+    """Map [addr, addr+length) PROT_NONE if all of it is free; False, mapping nothing, if not."""
+    got = libc.mmap(addr, length, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+    if got is not None and got not in (addr, MAP_FAILED):  # a kernel that took it for a hint
+        libc.munmap(got, length)
+    return got == addr
+
+
+def host_aligns(length: int, shared: bool, tries: int = 16) -> tuple[bool, list[int]]:
+    """Whether this machine's kernel starts an anonymous mapping of `length`, given no address,
+    on a 2 MiB boundary of its own accord; and the starts it gave on the way.
+
+    One start on a boundary proves nothing: the free range the kernel took may simply end on
+    one, and what ends it (another thread's stack or arena, a library, an aligned mapping the
+    interpreter holds) is not the test's to choose. So a start on a boundary is kept mapped,
+    with a page of ours (a fence) right below it, and the next mapping is made: where it lands
+    in the free range under a fence, with nothing between, the end of that range is known and
+    chosen off a boundary, so a kernel that does not align would have started it off one too.
+    No: at the first start off a boundary, which an aligning kernel never gives.
+    Yes: at the first start on a boundary in the free range right under a fence.
+    """
+    libc = _libc()
+    span = 2 * MiB
+    fence = mmap.PAGESIZE if (length + mmap.PAGESIZE) % span else 2 * mmap.PAGESIZE  # so fence - length is off
     flags = (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE) | mmap.MAP_ANONYMOUS
+    held, fences, starts = [], [], []
     try:
         for _ in range(tries):
-            maps.append(mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-            maps.append(mmap.mmap(-1, length, flags=flags))
-            view = ctypes.c_char.from_buffer(maps[-1])
-            starts.append(ctypes.addressof(view))
-            del view
+            start = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+            if start in (None, MAP_FAILED):
+                raise OSError(ctypes.get_errno(), f"mmap of {length} bytes")
+            held.append((start, length))
+            starts.append(start)
+            if start % span:
+                return False, starts
+            # Under a fence: the range [start + length, fence) is still free (mapping it proves
+            # it, and it is unmapped at the end), so the kernel's free range ended at the fence.
+            for top in fences:
+                if start + length < top and _map_fixed(libc, start + length, top - start - length):
+                    held.append((start + length, top - start - length))
+                    return True, starts
+            if _map_fixed(libc, start - fence, fence):
+                held.append((start - fence, fence))
+                fences.append(start - fence)
+        raise AssertionError(f"no answer after {tries} mappings of {length} bytes at {[hex(s) for s in starts]}")
     finally:
-        for m in maps:
-            m.close()
-    return starts
+        for addr, n in held:
+            libc.munmap(addr, n)
 
 
 @pytest.mark.skipif(HOST_CANNOT is not None, reason=str(HOST_CANNOT))
@@ -123,6 +166,6 @@ def host_starts(length: int, shared: bool, tries: int = 4) -> list[int]:
 def test_host_kernel_aligns_exactly_the_mappings_ptsim_aligns(length, shared):
     if shared and "[never]" not in open(SHMEM_THP).read():
         pytest.skip(f"{SHMEM_THP} is not [never]: the host may align MAP_SHARED memory, ptsim models the default")
-    host_aligned = all(s % (2 * MiB) == 0 for s in host_starts(length, shared))
+    host_aligned, starts = host_aligns(length, shared)
     m, a = first_mapping("x86_64", length, shared)
-    assert host_aligned == (a % (2 * MiB) == 0)
+    assert host_aligned == (a % (2 * MiB) == 0), f"the host's starts: {[hex(s) for s in starts]}"
