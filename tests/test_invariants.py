@@ -302,11 +302,16 @@ def test_free_frame_that_is_not_zero_fails():
 # -- entries against their VMAs -----------------------------------------------------------------
 
 
+def entry_at(w: World, addr: int) -> str:
+    """How the checker names the parent's entry for `addr`."""
+    return f"pid {w.p.pid}: entry {pte(w, w.p, addr):#x} for {addr:#x} in table {pte_table(w.p, addr)}"
+
+
 def test_entry_where_no_vma_is_fails():
     """munmap that dropped the VMA but left its entries."""
     w = world()
     kmm(w.p).vmas.remove(kmm(w.p).find_vma(w.ro))
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, w.ro):#x} for {w.ro:#x} in table {pte_table(w.p, w.ro)}"
+    where = entry_at(w, w.ro)
     with fails(f"{where} lies outside every VMA", exact=True):
         w.m.check()
 
@@ -316,7 +321,7 @@ def test_writable_entry_in_a_vma_without_write_fails(region, prot):
     w = world()
     addr = getattr(w, region)
     set_pte(w, w.p, addr, pte(w, w.p, addr) | _PAGE_RW)
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, addr):#x} for {addr:#x} in table {pte_table(w.p, addr)}"
+    where = entry_at(w, addr)
     with fails(f"{where} is writable in a {prot!r} VMA", exact=True):
         w.m.check()
 
@@ -324,7 +329,7 @@ def test_writable_entry_in_a_vma_without_write_fails(region, prot):
 def test_present_entry_in_a_prot_none_vma_fails():
     w = world()
     set_pte(w, w.p, w.none, (pte(w, w.p, w.none) & ~_PAGE_PROTNONE) | _PAGE_PRESENT)
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, w.none):#x} for {w.none:#x} in table {pte_table(w.p, w.none)}"
+    where = entry_at(w, w.none)
     with fails(f"{where} is present in a PROT_NONE VMA", exact=True):
         w.m.check()
 
@@ -334,7 +339,7 @@ def test_prot_none_entry_in_an_accessible_vma_fails(region, prot):
     w = world()
     addr = getattr(w, region)
     set_pte(w, w.p, addr, (pte(w, w.p, addr) & ~_PAGE_PRESENT) | _PAGE_PROTNONE)
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, addr):#x} for {addr:#x} in table {pte_table(w.p, addr)}"
+    where = entry_at(w, addr)
     with fails(f"{where} is PROT_NONE in a {prot!r} VMA", exact=True):
         w.m.check()
 
@@ -347,7 +352,7 @@ def test_map_shared_entry_that_is_not_its_shmem_objects_page_fails(how):
         cache[0], cache[1] = cache[1], cache[0]
     else:
         set_pte(w, w.p, w.shm, with_frame(w, pte(w, w.p, w.shm), frame(w, w.p, w.priv)))
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, w.shm):#x} for {w.shm:#x} in table {pte_table(w.p, w.shm)}"
+    where = entry_at(w, w.shm)
     with fails(f"{where} is not its shmem object's page", exact=True):
         w.m.check()
 
@@ -358,7 +363,7 @@ def test_private_entry_mapping_a_frame_that_is_not_anonymous_fails(kind):
     addr = w.at(w.priv, 1)
     target = {"shmem": frame(w, w.p, w.shm), "pgtable": pte_table(w.p, w.ro), "free": a_free_frame(w)}[kind]
     set_pte(w, w.p, addr, with_frame(w, pte(w, w.p, addr), target))
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, addr):#x} for {addr:#x} in table {pte_table(w.p, addr)}"
+    where = entry_at(w, addr)
     with fails(f"{where} maps a {kind} frame in a private VMA", exact=True):
         w.m.check()
 
@@ -367,7 +372,7 @@ def test_writable_zero_page_fails():
     w = world()
     addr = w.at(w.priv, 2)
     set_pte(w, w.p, addr, pte(w, w.p, addr) | _PAGE_RW)
-    where = f"pid {w.p.pid}: entry {pte(w, w.p, addr):#x} for {addr:#x} in table {pte_table(w.p, addr)}"
+    where = entry_at(w, addr)
     with fails(f"{where} makes the zero page writable", exact=True):
         w.m.check()
 
