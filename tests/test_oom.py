@@ -64,9 +64,9 @@ def snapshot(machine, procs, windows):
         [observe(machine, procs, lo, hi) for lo, hi in windows],
         k.phys.bytes.tobytes(),
         [a.tobytes() if hasattr(a, "tobytes") else a for a in k.mem_map.snapshot()],
-        {p.pid: [(v.start, v.end, v.prot, v.shmem and v.shmem.id, v.pgoff, v.anon_vma, v.anon_vma_forked, v.account) for v in p.mm.vmas]
+        {p.pid: [(v.start, v.end, v.prot, v.shmem and v.shmem.id, v.pgoff, v.anon_vma, v.anon_vma_forked, v.account) for v in p._task.mm.vmas]
          for p in procs},
-        {id(v.shmem): (dict(v.shmem.pages), v.shmem.nr_vmas) for p in procs for v in p.mm.vmas if v.shmem},
+        {id(v.shmem): (dict(v.shmem.pages), v.shmem.nr_vmas) for p in procs for v in p._task.mm.vmas if v.shmem},
         dict(k.swap.data),
         sorted(k.mms),
     )
