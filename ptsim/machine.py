@@ -27,8 +27,8 @@ from .kernel.vmscan import try_to_swap_out
 
 class Machine:
     """arch: a name in ptsim.ARCHES. policy: a name in ptsim.POLICIES, or a policy object
-    (ptsim.kernel.CopyPolicy or a subclass, such as `SharedPolicy(read_fault="unshare")`). ram: bytes, whole pages, within what the
-    geometry's frame numbers reach (see `_check_ram`)."""
+    (ptsim.kernel.CopyPolicy or a subclass, such as `SharedPolicy(read_fault="unshare")`).
+    ram: bytes, whole pages, within what the geometry's frame numbers reach (`_check_ram`)."""
 
     def __init__(self, arch: str = "x86_64", policy: str | CopyPolicy = "copy", ram: int = 64 << 20):
         geometry = _arch(arch)
