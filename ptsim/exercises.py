@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InvariantError, ProcessExited
+from .hardware import ARCHES
 from .kernel import COUNTERS, Event
 from .machine import Machine, Process
 from .peek import counters_gained, list_tables
@@ -185,12 +186,13 @@ class Exercise:
         shown = _shown(g, self.show)
         if g == right:
             return Verdict(True, f"Right: {shown}.{_after(self.explanation)}")
+        hint = f" Hint: {self.hint}" if self.hint else ""
         reason = self._diagnose(self.state, right, g) if self._diagnose is not None else None
-        if reason is None and isinstance(right, tuple):
-            reason = _list_mismatch(g, right)
         if reason is not None:
             return Verdict(False, f"Not {shown}: {reason}")
-        return Verdict(False, f"Not {shown}." + (f" Hint: {self.hint}" if self.hint else ""))
+        if isinstance(right, tuple):  # which items are wrong, and the hint: a list needs both
+            return Verdict(False, f"Not {shown}: {_list_mismatch(g, right)}{hint}")
+        return Verdict(False, f"Not {shown}.{hint}")
 
     def explain(self) -> Text:
         """The answer and why (the `-c` of an OSTEP simulator)."""
@@ -313,6 +315,20 @@ def _pids(pids) -> str:
     return ", ".join(str(p) for p in pids)
 
 
+def arch_is(name: str) -> Callable[[Machine | Process], tuple[bool, str]]:
+    """Goal: the machine has the geometry `name` (a key of ptsim.ARCHES), as the task asks."""
+    if not isinstance(name, str) or name not in ARCHES:
+        raise ValueError(f"name must be one of {sorted(ARCHES)}, not {name!r}")
+
+    def goal(machine):
+        have = _machine(machine).arch.name
+        if have != name:
+            return False, f'this machine is {have}, and the task asks for {name}: build it with ptsim.Machine(arch="{name}", ...)'
+        return True, f"a {name} machine"
+
+    return goal
+
+
 def use_count_is(n: int) -> Callable[[Machine | Process], tuple[bool, str]]:
     """Goal: some page-table page of the machine has use count `n`."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -334,13 +350,24 @@ def use_count_is(n: int) -> Callable[[Machine | Process], tuple[bool, str]]:
 
 def shared_without_parent() -> Callable[[Process, Process, Process], tuple[bool, str]]:
     """Goal: processes `a` and `b` share a last-level table that `parent` does not reach (the
-    sibling case of Phillips' mail: the parent has unshared, the children still share)."""
+    sibling case of Phillips' mail: the parent has unshared, the children still share).
+
+    ptsim keeps no parent pid, so the goal checks what the machine can tell: three different
+    processes, `parent` created before both (a child's pid is always above its parent's:
+    pids are handed out in order and never reused). It cannot tell a parent from an older
+    unrelated process, nor siblings from a parent and its child."""
 
     def goal(parent, a, b):
         for obj, role in ((parent, "parent"), (a, "a"), (b, "b")):
             wrong = _not_a_process(obj, role)
             if wrong:
                 return wrong
+        if len({parent.pid, a.pid, b.pid}) < 3:
+            return False, f"pass three different processes (parent, a, b), not pids {parent.pid}, {a.pid}, {b.pid}"
+        for child in (a, b):
+            if child.pid < parent.pid:
+                return False, (f"pid {child.pid} was created before pid {parent.pid}, so it cannot be its child; "
+                               "fork the two siblings from the parent")
         leaves = [t for t in list_tables(a) if t.level == a.machine.arch.levels - 1 and b.pid in t.pids]
         if not leaves:
             return False, f"pids {a.pid} and {b.pid} share no last-level table"

@@ -1,9 +1,11 @@
 """Exercises, challenges and the seeded quiz: every computed answer is held to an independent
 fact of the machine (a translation, a fault count, who points at a table), never to itself."""
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ptsim.exercises import (
     FAULT_KINDS,
     Challenge,
     Exercise,
+    arch_is,
     observe,
     shared_without_parent,
     status_is,
@@ -24,6 +27,7 @@ from ptsim.kernel.page import ZERO_PFN
 from ptsim.peek import list_tables, table_pages, use_count
 from ptsim.quiz import TOPICS, main, quiz
 
+ROOT = Path(__file__).resolve().parent.parent
 TOY = dict(arch="toy", ram=1 << 14)
 PAGE = ptsim.ARCHES["toy"].page_size
 SPAN = ptsim.ARCHES["toy"].pte_span
@@ -130,6 +134,12 @@ def test_list_answers_say_which_items_are_wrong():
     assert str(ex.check(["zero"])) == "Not [zero]: give a list of 3 answers, one per item, in order."
 
 
+def test_a_wrong_list_answer_gets_the_hint_too():
+    ex = Exercise("?", lambda: None, lambda s: (5, 2), hint="count the pgd.")
+    assert str(ex.check([4, 1])) == "Not [4, 1]: items 1, 2 are not right. Hint: count the pgd."
+    assert str(ex.check([4])) == "Not [4]: give a list of 2 answers, one per item, in order. Hint: count the pgd."
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -169,7 +179,61 @@ def test_sibling_goal_needs_the_parent_to_have_unshared():
     p.write(a, b"p")  # the parent unshares; the children still share the old table
     assert leaf_table(c1, a) == leaf_table(c2, a) != leaf_table(p, a)
     assert ch.check(p, c1, c2)
-    assert not ch.check(c1, p, c2)
+
+
+def sibling_case():
+    """Two children share the table their parent has unshared (Phillips' "Confused yet?")."""
+    m, p, c1, c2, a = three_sharers()
+    p.write(a, b"p")
+    return m, p, c1, c2, a
+
+
+def test_sibling_goal_rejects_wrong_setups_saying_why():
+    ch = Challenge("?", shared_without_parent())
+    m, p, c1, c2, a = sibling_case()
+    assert str(ch.check(p, c1, c1)) == f"Not yet: pass three different processes (parent, a, b), not pids {p.pid}, {c1.pid}, {c1.pid}."
+    assert str(ch.check(c1, c1, c2)).startswith("Not yet: pass three different processes")
+    # a child passed as the parent: it is younger than the real parent, who cannot be its child
+    assert str(ch.check(c1, p, c2)) == f"Not yet: pid {p.pid} was created before pid {c1.pid}, so it cannot be its child; fork the two siblings from the parent."
+    # an unrelated process created after the siblings, passed as their parent
+    late = m.spawn()
+    assert leaf_table(late, a) is None  # it reaches no table at all, so the table test alone passes it
+    assert str(ch.check(late, c1, c2)).startswith(f"Not yet: pid {c1.pid} was created before pid {late.pid}")
+
+
+@pytest.mark.xfail(strict=True, reason="ptsim keeps no parent pid (Linux's real_parent): an older unrelated process passes")
+def test_sibling_goal_rejects_an_older_unrelated_process_as_the_parent():
+    m = toy()
+    stranger = m.spawn()  # older than the family, and no relative
+    p = m.spawn()
+    a = p.mmap(addr=2 * SPAN, length=SPAN)
+    p.write(a, b"x")
+    c1, c2 = p.fork(), p.fork()
+    p.write(a, b"p")
+    assert not Challenge("?", shared_without_parent()).check(stranger, c1, c2)
+
+
+@pytest.mark.xfail(strict=True, reason="ptsim keeps no parent pid (Linux's real_parent): a parent and its child pass as siblings")
+def test_sibling_goal_rejects_a_parent_and_its_child_as_siblings():
+    m, p, c1, c2, a = three_sharers()
+    c2.exit()
+    p.write(a, b"p")  # the parent unshares
+    grandchild = c1.fork()  # c1 and its own child now share the old table
+    assert leaf_table(c1, a) == leaf_table(grandchild, a) != leaf_table(p, a)
+    assert not Challenge("?", shared_without_parent()).check(p, c1, grandchild)
+
+
+def test_arch_goal_rejects_another_geometry_saying_which():
+    ch = Challenge("Use count 3 on a toy machine.", arch_is("toy"), use_count_is(3))
+    big = ptsim.Machine(arch="x86_64", policy="shared", ram=8 << 20)
+    p = big.spawn()
+    a = p.mmap(length=1 << 20)
+    p.write(a, b"x")
+    p.fork(), p.fork()
+    assert Challenge("?", use_count_is(3)).check(big)  # the count alone is met...
+    assert str(ch.check(big)) == 'Not yet: this machine is x86_64, and the task asks for toy: build it with ptsim.Machine(arch="toy", ...).'
+    m = three_sharers()[0]
+    assert str(ch.check(m)).startswith("Right: a toy machine; the pte table in frame")
 
 
 def test_status_goal_reads_vmpte():
@@ -198,10 +262,78 @@ def test_challenge_turns_student_slips_into_verdicts():
     assert str(Challenge("?", status_is("VmRSS", 0)).check(c2)) == f"Not yet: process {c2.pid} has exited."
 
 
-@pytest.mark.parametrize("factory, args", [(use_count_is, (0,)), (use_count_is, (True,)), (status_is, ("VmFoo", 1)), (status_is, ("VmPTE", -1))])
+@pytest.mark.parametrize(
+    "factory, args",
+    [(use_count_is, (0,)), (use_count_is, (True,)), (status_is, ("VmFoo", 1)), (status_is, ("VmPTE", -1)), (arch_is, ("toy2",)), (arch_is, (None,))],
+)
 def test_bad_goals_raise_value_error(factory, args):
     with pytest.raises(ValueError):
         factory(*args)
+
+
+# -- the chapters' own checkers, with wrong answers -------------------------------------------
+
+
+def chapter_cells(name, *ids):
+    """Run these code cells of a chapter, in the chapter's order, in one namespace (as a kernel
+    would, without the %magic lines); return the namespace."""
+    cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+    missing = set(ids) - {c.get("id") for c in cells}
+    assert not missing, f"{name} has no cells {missing}"
+    ns = {}
+    for c in cells:
+        if c.get("id") in ids:
+            exec("\n".join(line for line in "".join(c["source"]).splitlines() if not line.startswith("%")), ns)
+    return ns
+
+
+def test_exercise_4_3_wants_a_toy_machine_with_use_count_4():
+    ns = chapter_cells("04-sharing-tables.ipynb", "c02", "c44", "c50")
+    ex43 = ns["ex43"]
+
+    def forked_three_times(arch):
+        m = ptsim.Machine(arch=arch, policy="shared", ram=8 << 20)
+        p = m.spawn()
+        a = p.mmap(length=4 * m.arch.page_size)
+        p.write(a, b"x")
+        for _ in range(3):
+            p.fork()
+        return m, p, a
+
+    m, p, a = forked_three_times("x86_64")
+    assert use_count(p, a) == 4
+    assert "this machine is x86_64, and the task asks for toy" in str(ex43.check(m))
+    m, p, a = forked_three_times("toy")
+    assert use_count(p, a) == 4 and ex43.check(m)
+    p.fork()
+    assert "no page-table page has use count 4; the highest is 5" in str(ex43.check(m))
+
+
+def test_exercise_5_2_wants_two_children_sharing_without_their_parent():
+    ns = chapter_cells("05-handle-mm-fault.ipynb", "c02", "c06", "c45", "c48")
+    ex52, forked, A = ns["ex52"], ns["forked"], ns["A"]
+    m, parent, (a, b) = forked(children=2)
+    assert "reaches every table" in str(ex52.check(parent, a, b))  # nobody has unshared yet
+    parent.write(A, b"P")
+    assert "three different processes" in str(ex52.check(parent, a, a))
+    assert "cannot be its child" in str(ex52.check(a, parent, b))
+    assert "cannot be its child" in str(ex52.check(m.spawn(), a, b))
+    assert ex52.check(parent, a, b)
+
+
+def test_exercise_6_1_diagnoses_a_forgotten_pgd():
+    ns = chapter_cells("06-zap-page-range.ipynb", "c02", "c04", "c36")
+    ex61 = ns["ex61"]
+    copy, shared = ex61.answer
+    # independent of the exercise: the tables the first child alone reaches, every level
+    for policy, answer in (("copy", copy), ("shared", shared)):
+        mach, parent, first, second = ns["three_full_tables"](policy)
+        assert answer == len([t for t in list_tables(first) if t.pids == (first.pid,)])
+    assert ex61.check([copy, shared])
+    assert "the top-level table, goes too" in str(ex61.check([copy - 1, shared - 1]))
+    assert "the top-level table, goes too" in str(ex61.check([copy, shared - 1]))
+    assert "still mapped by the other two processes" in str(ex61.check([copy + 9, shared]))
+    assert str(ex61.check([copy, copy])) == f"Not [{copy}, {copy}]: item 2 is not right. Hint: {ex61.hint}"
 
 
 # -- observe ---------------------------------------------------------------------------------
