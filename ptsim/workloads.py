@@ -1,12 +1,13 @@
 """Processes laid out as real programs, and what their children do: the book's workloads.
 
-A shell runs a command by fork and exec, and sharing page tables was first hoped to pay off
-there. Phillips found otherwise (29 Jul 2002, <E17Z4v0-0002io-00@starship>, replying to Andrew
-Morton's <3D439E09.3348E8D6@zip.com.au>): forking from bash shared about 200 pages in three
-page tables (stack, text and .interp), "and at least one page in each of these gets written
-during the exec, so all are unshared". `run_command` plays both children: the one that writes
-nothing before exec (the textbook picture, which sharing wins) and the one that writes first,
-as the shell's child does.
+A shell runs a command by fork and exec. Phillips looked at sharing page tables there (29 Jul
+2002, <E17Z4v0-0002io-00@starship>, replying to Andrew Morton's <3D439E09.3348E8D6@zip.com.au>):
+forking from bash shared about 200 pages in three page tables (stack, text and .interp), "and
+at least one page in each of these gets written during the exec, so all are unshared".
+`run_command` plays both children: the one that writes nothing before exec (the textbook
+picture, the best case for sharing) and the one that writes first, as the shell's child does.
+`shell(m, arena=...)` gives the shell more written memory, to find the parent size above
+which sharing does less work than copying for that second child.
 
 `SHELL_LAYOUT` is ptsim's sketch of such a process, not a measurement: the program (text, then
 data and heap) in one last-level table, the dynamic linker and libc in another, the stack in a
@@ -28,15 +29,22 @@ SHELL_LAYOUT = {
     "interp data": (0x4010_0000, 64 * KiB, "rw"),
     "stack": (0xBFFC_0000, 256 * KiB, "rw"),
 }
+# Where `shell(m, arena=...)` maps its extra memory, apart from the rest (as malloc maps a large
+# block): on a table boundary on both geometries, with room for 512 MiB below "interp text".
+ARENA = 0x2000_0000
+ARENA_MAX = SHELL_LAYOUT["interp text"][0] - ARENA
 # What the child of a shell writes before execve: a word on the stack, in the program's data
 # (errno, say) and in the dynamic linker's: one page in each of the three tables.
 WRITTEN_BEFORE_EXEC = ("stack", "program data", "interp data")
 
 
-def shell(m: Machine) -> Process:
-    """A process laid out as SHELL_LAYOUT says, every page touched: text read, the rest written."""
+def shell(m: Machine, arena: int = 0) -> Process:
+    """A process laid out as SHELL_LAYOUT says, every page touched: text read, the rest written;
+    with `arena` bytes (whole pages, at most ARENA_MAX) more of private memory written at ARENA."""
     if m.arch.name not in ("i386", "x86_64"):
         raise ValueError(f"m: the shell's layout is for i386 or x86_64, not {m.arch.name!r}")
+    if not (isinstance(arena, int) and 0 <= arena <= ARENA_MAX and arena % m.arch.page_size == 0):
+        raise ValueError(f"arena must be whole pages from 0 to {ARENA_MAX:#x} bytes, not {arena!r}")
     p = m.spawn()
     for start, length, prot in SHELL_LAYOUT.values():
         p.mmap(start, length, prot)
@@ -44,6 +52,9 @@ def shell(m: Machine) -> Process:
             p.write(start, b"\1" * length)
         else:
             p.read(start, length)
+    if arena:
+        p.mmap(ARENA, arena, "rw")
+        p.write(ARENA, b"\1" * arena)
     return p
 
 

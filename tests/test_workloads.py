@@ -4,7 +4,7 @@ import pytest
 
 import ptsim
 from ptsim.peek import counters_gained
-from ptsim.workloads import SHELL_LAYOUT, WRITTEN_BEFORE_EXEC, run_command, shell
+from ptsim.workloads import ARENA_MAX, SHELL_LAYOUT, WRITTEN_BEFORE_EXEC, run_command, shell
 
 
 def tables_of(m, names):
@@ -55,3 +55,32 @@ def test_under_copy_the_child_copies_every_entry_either_way():
 def test_shell_refuses_a_geometry_it_has_no_layout_for():
     with pytest.raises(ValueError, match="m: "):
         shell(ptsim.Machine(arch="toy", ram=1 << 14))
+
+
+@pytest.mark.parametrize("arch", ["i386", "x86_64"])
+def test_an_arena_is_copied_by_copy_and_only_shared_and_dropped_by_a_child_that_writes_first(arch):
+    arena = 3 << 20  # two tables on x86_64, one on i386
+    copied, shared = {}, {}
+    for policy in ("copy", "shared"):
+        for size in (0, arena):
+            m = ptsim.Machine(arch=arch, policy=policy, ram=40 << 20)
+            sh = shell(m, arena=size)
+            before = m.counters
+            with m.trace() as events:
+                run_command(sh, writes_before_exec=True)
+            gained = counters_gained(m, before)
+            copied[policy, size] = gained.get("ptes_copied", 0)
+            shared[policy, size] = (gained.get("tables_shared", 0),
+                                    sum(e.action == "drop_shared_table" for e in events))
+            m.check()
+    arena_tables = -(-arena // m.arch.pte_span)
+    assert copied["copy", arena] - copied["copy", 0] == arena // 4096
+    assert copied["shared", arena] == copied["shared", 0]  # the arena's tables are never unshared
+    assert shared["shared", arena] == (3 + arena_tables, arena_tables)
+    assert shared["copy", arena] == (0, 0)
+
+
+@pytest.mark.parametrize("arena", [-4096, 100, ARENA_MAX + 4096, 1.5])
+def test_shell_refuses_an_arena_that_is_not_whole_pages_that_fit(arena):
+    with pytest.raises(ValueError, match="arena must be"):
+        shell(ptsim.Machine(arch="x86_64", ram=32 << 20), arena=arena)
