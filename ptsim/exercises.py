@@ -351,11 +351,7 @@ def use_count_is(n: int) -> Callable[[Machine | Process], tuple[bool, str]]:
 def shared_without_parent() -> Callable[[Process, Process, Process], tuple[bool, str]]:
     """Goal: processes `a` and `b` share a last-level table that `parent` does not reach (the
     sibling case of Phillips' mail: the parent has unshared, the children still share).
-
-    ptsim keeps no parent pid, so the goal checks what the machine can tell: three different
-    processes, `parent` created before both (a child's pid is always above its parent's:
-    pids are handed out in order and never reused). It cannot tell a parent from an older
-    unrelated process, nor siblings from a parent and its child."""
+    `a` and `b` must be two different children of `parent` (`Process.ppid`)."""
 
     def goal(parent, a, b):
         for obj, role in ((parent, "parent"), (a, "a"), (b, "b")):
@@ -365,8 +361,9 @@ def shared_without_parent() -> Callable[[Process, Process, Process], tuple[bool,
         if len({parent.pid, a.pid, b.pid}) < 3:
             return False, f"pass three different processes (parent, a, b), not pids {parent.pid}, {a.pid}, {b.pid}"
         for child in (a, b):
-            if child.pid < parent.pid:
-                return False, (f"pid {child.pid} was created before pid {parent.pid}, so it cannot be its child; "
+            if child.ppid != parent.pid:
+                forked_by = f"pid {child.ppid}" if child.ppid else "nobody (it was spawned)"
+                return False, (f"pid {child.pid} is not a child of pid {parent.pid}: it was forked by {forked_by}; "
                                "fork the two siblings from the parent")
         leaves = [t for t in list_tables(a) if t.level == a.machine.arch.levels - 1 and b.pid in t.pids]
         if not leaves:

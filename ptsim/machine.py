@@ -138,6 +138,12 @@ class Process:
         return self._task.pid
 
     @property
+    def ppid(self) -> int:
+        """The pid of the process that forked this one (0 for a spawned one), as getppid(2)
+        reports it; ptsim never re-parents, so it stays after the parent exits."""
+        return self._task.ppid
+
+    @property
     def exited(self) -> bool:
         return self._task.exited
 

@@ -32,6 +32,7 @@ GATHER_TABLES = 64
 class Task:
     pid: int
     mm: MM | None
+    ppid: int = 0  # the pid that forked it, as getppid(2) reports (Linux's real_parent); 0 if spawned
     minflt: int = 0  # as getrusage(2) counts: every fault the kernel resolved without I/O
     majflt: int = 0  # faults that read a page back from swap
 

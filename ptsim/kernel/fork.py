@@ -3,8 +3,9 @@
 `CopyPolicy` is classic fork: every last-level table is copied entry by entry, and private
 writable entries are write-protected in parent and child for copy-on-write.
 
-`SharedPolicy` is Daniel Phillips' 2002 design. It overrides his three changes, plus one
-one-line consequence (every VMA's tables are shared, `vma_needs_copy`):
+`SharedPolicy` is Daniel Phillips' 2002 design: his three changes, one for each function his
+patch changed, in five methods of `CopyPolicy` (`prepare_pte_fill` is the third change's read
+fault, and `vma_needs_copy`, every VMA's tables shared, a one-line consequence of the first):
 
 1. `copy_pte_tables` (in copy_page_range): point the child's upper entry at the parent's table
    and raise its use count, and write-protect the table's private writable entries, so that

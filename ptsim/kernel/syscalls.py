@@ -165,7 +165,7 @@ def sys_madvise(k: Kernel, task: Task, addr, length, advice) -> None:
 def sys_fork(k: Kernel, task: Task) -> Task:
     check_alive(task)
     mm = dup_mmap(k, k.new_pid(take=False), task.mm)
-    child = Task(k.new_pid(), mm)
+    child = Task(k.new_pid(), mm, ppid=task.pid)
     k.tasks[child.pid] = child
     return child
 
