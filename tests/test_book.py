@@ -1,7 +1,9 @@
 """The book as a whole: book.toml and notebooks/ agree, and every chapter has the shape the
 book promises (a numbered title, a summary and exercises at the end) and is stored exactly as a
 fresh kernel leaves it. That last point is what makes strict nbval mean something: nbval never
-compares a cell whose stored outputs were stripped, so a stripped chapter would pass it unseen."""
+compares a cell whose stored outputs were stripped, so a stripped chapter would pass it unseen.
+Links from one page of the book to another (chapters, the rules of sharing, the glossary) lead to
+files that are there."""
 
 import re
 
