@@ -1,7 +1,9 @@
 """The book as a whole: book.toml and notebooks/ agree, and every chapter has the shape the
 book promises (a numbered title, a summary and exercises at the end) and is stored exactly as a
 fresh kernel leaves it. That last point is what makes strict nbval mean something: nbval never
-compares a cell whose stored outputs were stripped, so a stripped chapter would pass it unseen."""
+compares a cell whose stored outputs were stripped, so a stripped chapter would pass it unseen.
+Links from one page of the book to another (chapters, the rules of sharing, the glossary) lead to
+files that are there."""
 
 import re
 
@@ -11,10 +13,11 @@ import pytest
 from tools.book import NOTEBOOKS, chapters
 
 # Files in notebooks/ that are not chapters: the folder's README, nbval's sanitize file, and the
-# rules of sharing that the chapters link to.
-NOT_CHAPTERS = {"README.md", "nbval_sanitize.cfg", "rules-of-sharing.md"}
+# pages the chapters link to: the rules of sharing and the glossary.
+NOT_CHAPTERS = {"README.md", "nbval_sanitize.cfg", "rules-of-sharing.md", "glossary.md"}
 CHAPTER_NAME = re.compile(r"(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*\.ipynb")
 HEADING = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # a markdown link's target: [text](target)
 
 
 def test_book_lists_chapters():
@@ -142,3 +145,24 @@ def test_chapter_stores_errors_only_where_a_cell_is_meant_to_raise(name):
     assert not unexpected, (
         f"{name}: {', '.join(unexpected)} stored an error; tag a cell 'raises-exception' if it raises on purpose"
     )
+
+
+def markdown_of(name):
+    """The markdown a reader of `name` sees: a page's text, or a chapter's markdown cells."""
+    if name.endswith(".md"):
+        return (NOTEBOOKS / name).read_text()
+    return "\n".join(cell.source for cell in load(name).cells if cell.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("name", [*chapters(), *sorted(n for n in NOT_CHAPTERS if n.endswith(".md"))])
+def test_links_between_pages_lead_to_files_of_the_book(name):
+    """A link to another page (the rules of sharing, the glossary, a chapter) names a file that
+    is there. Links to the web and to a place in the same page are not followed."""
+    broken = []
+    for target in LINK.findall(markdown_of(name)):
+        path = target.split("#", 1)[0]
+        if not path or re.match(r"[a-z][a-z0-9+.-]*:", path):
+            continue
+        if not (NOTEBOOKS / path).is_file():
+            broken.append(target)
+    assert not broken, f"{name}: links to files that are not in notebooks/: {broken}"
