@@ -166,3 +166,11 @@ def test_links_between_pages_lead_to_files_of_the_book(name):
         if not (NOTEBOOKS / path).is_file():
             broken.append(target)
     assert not broken, f"{name}: links to files that are not in notebooks/: {broken}"
+
+
+@pytest.mark.parametrize("name", chapters())
+def test_chapter_opens_with_a_link_to_the_glossary(name):
+    """Every term, counter and event a chapter uses is defined in the glossary; a reader who
+    starts at any chapter finds the link on its first page."""
+    opening = next(cell.source for cell in load(name).cells if cell.cell_type == "markdown")
+    assert "](glossary.md" in opening, f"{name}: its opening cell does not link to the glossary (glossary.md)"
