@@ -4,7 +4,11 @@ could be missed, a hatch or a letter says the same thing."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
 BLACK = "#000000"
 ORANGE = "#E69F00"
@@ -86,3 +90,29 @@ def smallest_points(fig) -> float:
     box taken as the whole figure and the padding (text inside a constrained layout reaches
     no further)."""
     return MIN_PX / shown_px(1.0, fig.get_figwidth() + 2 * PAD, fig.dpi)
+
+
+_TO_PATH = TextToPath()
+
+
+@lru_cache(maxsize=8192)
+def text_width(text: str, size: float, weight: str = "normal") -> float:
+    """Points: the width of one line of `text` at `size` points in the figures' font."""
+    width, _, _ = _TO_PATH.get_text_width_height_descent(text, FontProperties(size=size, weight=weight), ismath=False)
+    return width
+
+
+def legend(where, handles, **kw) -> None:
+    """A legend under the picture, at a readable size, in as many columns as fit the width.
+    `where`: the axes, or a figure of several axes (then `loc` is given)."""
+    if not handles:
+        return
+    axes = hasattr(where, "transAxes")
+    fig = where.figure if axes else where
+    size = max(SMALL, smallest_points(fig))
+    room = 72 * fig.get_figwidth() * (where.get_position().width if axes else 1.0)
+    widest = max(text_width(h.get_label(), size) for h in handles) + 4 * size  # the patch and the gaps
+    ncol = max(1, min(len(handles), int(room // widest)))
+    if "loc" not in kw:
+        kw = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), **kw}
+    where.legend(handles=handles, ncol=ncol, fontsize=size, frameon=False, **kw)

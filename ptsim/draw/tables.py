@@ -18,15 +18,12 @@ the same use count and sharers, one box ("32 pte tables").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from numbers import Real
 
 import networkx as nx
 import numpy as np
 from matplotlib.collections import LineCollection
-from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.textpath import TextToPath
 
 from . import style
 from .graph import kernel_of, table_graph
@@ -109,29 +106,8 @@ def render(g: nx.DiGraph, arch, *, ax=None, collapse=None, events=None, title=No
 
 
 def legend(where, used: set[str], **kw) -> None:
-    """The legend of what was drawn, under the picture, in as many columns as fit its width
-    at a readable size. `where`: the axes, or the figure of several."""
-    handles = legend_handles(used)
-    if not handles:
-        return
-    fig = where if hasattr(where, "legends") and not hasattr(where, "transAxes") else where.figure
-    size = max(style.SMALL, style.smallest_points(fig))
-    room = 72 * (where.get_position().width * fig.get_figwidth() if hasattr(where, "transAxes") else fig.get_figwidth())
-    widest = max(text_width(h.get_label(), size) for h in handles) + 3.5 * size  # the patch and the gaps
-    ncol = max(1, min(len(handles), int(room // widest)))
-    if "loc" not in kw:
-        kw = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), **kw}
-    where.legend(handles=handles, ncol=ncol, fontsize=size, frameon=False, **kw)
-
-
-_TO_PATH = TextToPath()
-
-
-@lru_cache(maxsize=8192)
-def text_width(text: str, size: float, weight: str = "normal") -> float:
-    """Points: the width of one line of `text` at `size` points in the figures' font."""
-    width, _, _ = _TO_PATH.get_text_width_height_descent(text, FontProperties(size=size, weight=weight), ismath=False)
-    return width
+    """The legend of what was drawn (`style.legend`)."""
+    style.legend(where, legend_handles(used), **kw)
 
 
 def draw_graph(ax, g: nx.DiGraph, arch, *, collapse=None, events=None, title=None, pens=None) -> set[str]:
@@ -459,13 +435,13 @@ class _Pen:
         self.texts.append((kind, x, y, forms, w, h, kw))
 
     def _fits(self, lines: list[str], size: float, w: float, h: float, weight: str) -> bool:
-        return (max(text_width(s, size, weight) for s in lines) <= 0.9 * w * self.x
+        return (max(style.text_width(s, size, weight) for s in lines) <= 0.9 * w * self.x
                 and 1.25 * size * len(lines) <= 0.9 * h * self.y)
 
     def _fit(self, lines: list[str], w: float, h: float, weight: str) -> float:
         """The largest size (up to any kind's wanted one) at which `lines` fit a w x h box."""
         top = max(self.WANTED.values())
-        return min(top * 0.9 * w * self.x / max(text_width(s, top, weight) for s in lines), 0.9 * h * self.y / (1.25 * len(lines)))
+        return min(top * 0.9 * w * self.x / max(style.text_width(s, top, weight) for s in lines), 0.9 * h * self.y / (1.25 * len(lines)))
 
     def sizes(self) -> dict[str, tuple[float, int]]:
         """Per kind: (size, which form: 0 the longest)."""
