@@ -250,7 +250,7 @@ def test_before_after_shows_a_forks_child_only_after():
     fig, events = before_after(m, p.fork, processes=[p])
     assert len(fig.axes) == 2 and all(isinstance(ax, Axes) for ax in fig.axes)
     child = next(e.pid for e in events if e.action == "share_table")
-    titles = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("pid")]
+    titles = [" ".join(t.get_text().split()) for ax in fig.axes for t in ax.texts if t.get_text().startswith("pid")]
     assert titles.count(f"pid {p.pid}") == 2 and titles.count(f"pid {child}") == 1
 
 
