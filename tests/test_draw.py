@@ -8,6 +8,8 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -25,6 +27,7 @@ from ptsim.draw.strips import OWNERS, SHARED, SHARED_TABLE, TABLE, frame_owners
 from ptsim.draw.tables import _boxes, _mark
 from ptsim.hardware.arch import _PAGE_RW
 from ptsim.kernel.page import PG_PGTABLE, ZERO_PFN
+from ptsim.widgets import CostExplorer, Lab, Stepper
 
 matplotlib.use("Agg")
 
@@ -463,10 +466,6 @@ def test_pte_bits_bad_arguments_raise_value_error():
 
 # -- readable at the notebook's width (the rule is style's: no text under 11.2 px as shown) -----
 
-from matplotlib.backends.backend_agg import RendererAgg  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-
-from ptsim.widgets import CostExplorer, Lab, Stepper  # noqa: E402
 
 A = 0x1000  # the chapters' toy examples start here, on a last-level table boundary
 
