@@ -35,17 +35,24 @@ from .machine import Machine, Process
 LAB_CALLS = ("fork", "write", "read", "munmap", "mprotect", "exit")
 READ_BYTES = 8  # what the lab's read button reads: enough to see whose write a page holds
 HISTORY_LINES = 8  # calls kept in view above the last call's events
-PNG_DPI = 80  # a 10-inch picture becomes 800 pixels: legible, and quick to encode
 # Simulated RAM of a lab when none is given: room for a dozen processes of the default
 # scenario under `copy`, yet small enough that nothing the lab does takes long.
 LAB_RAM = {"toy": 512 * 64, "i386": 16 << 20, "x86_64": 16 << 20}
 
 
 def png(fig: Figure) -> bytes:
-    """A figure as PNG bytes, for an `ipywidgets.Image`."""
+    """A figure as PNG bytes, for an `ipywidgets.Image`, at the notebook's dpi: a picture
+    drawn as wide as its box (`picture_width`) shows at its size, its text readable as the
+    notebook's figures are (`style.smallest_points`)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=PNG_DPI)
+    fig.savefig(buf, format="png", dpi=style.DPI)
     return buf.getvalue()
+
+
+def picture_width(columns: int = 1) -> float:
+    """Inches: a picture that fills one of `columns` side by side in the output area (less a
+    few pixels of margin each), shown at 100 % of its column's width."""
+    return (style.OUTPUT_PX / columns - 12) / style.DPI
 
 
 def _picture() -> widgets.Image:
@@ -134,6 +141,7 @@ class Lab(widgets.VBox):
         self.arch, self.policies = arch, tuple(policies)
         self.ram = LAB_RAM[arch] if ram is None else ram
         self.setup = default_setup if setup is None else setup
+        self.side_by_side = side_by_side
         self.calls = 0
         self._columns = {policy: _Column(m, procs) for policy, (m, procs) in self._start().items()}
         # The views, by policy: what the browser test looks for (see the module docstring).
@@ -339,17 +347,28 @@ class Lab(widgets.VBox):
         for policy, col in self._columns.items():
             m, last = col.machine, col.last
             alive = [p for p in col.processes.values() if not p.exited]
-            title = f"{policy}: " + ("the starting scenario" if last is None else f"after call {self.calls}, {last.line.splitlines()[0]}")
-            if alive:
-                self.pictures[policy].value = png(page_tables(m, alive, highlight=None if last is None else last.events, title=title))
-            else:
-                self.pictures[policy].value = png(_empty_figure(title + "\n(no live process)"))
+            self.pictures[policy].value = png(self.figure(policy))
             self.logs[policy].value = _pre(self.log_text(policy))
             counters = dict(m.counters, free_frames=m.free_frames)
             changes = {} if last is None else last.changes
             names = [n for n in COUNTERS + ("free_frames",) if counters.get(n) or changes.get(n)]
             width = max(map(len, names), default=0)
             self.counter_views[policy].value = _pre("\n".join(f"{n:<{width}} {counters.get(n, 0):>7}" + (f"  ({changes[n]:+d})" if changes.get(n) else "") for n in names))
+
+    def figure(self, policy: str) -> Figure:
+        """The picture of one policy's machine, as its view shows it: the page tables of the
+        live processes, the last call's events outlined. Side by side, each is drawn as wide
+        as its column and summarised (runs of alike entries one cell, their pages one box),
+        so that its text stays readable there."""
+        col = self._column_of(policy)
+        last = col.last
+        alive = [p for p in col.processes.values() if not p.exited]
+        title = f"{policy}: " + ("the starting scenario" if last is None else f"after call {self.calls}, {last.line.splitlines()[0]}")
+        columns = len(self.policies) if self.side_by_side else 1
+        if not alive:
+            return _empty_figure(title + "\n(no live process)", picture_width(columns))
+        return page_tables(col.machine, alive, highlight=None if last is None else last.events, title=title,
+                           collapse=True if columns > 1 else None, width=picture_width(columns))
 
     def _refresh_addresses(self, new_pid: bool = False) -> None:
         """The address box offers every page the selected process maps. Any hex can be typed,
@@ -362,9 +381,9 @@ class Lab(widgets.VBox):
             self.addr.value = pages[0]
 
 
-def _empty_figure(title: str) -> Figure:
-    fig = Figure(figsize=(style.WIDTH, 1.5))
-    fig.text(0.5, 0.5, title, ha="center", va="center", fontsize=10)
+def _empty_figure(title: str, width: float = style.WIDTH) -> Figure:
+    fig = Figure(figsize=(width, 1.5))
+    fig.text(0.5, 0.5, title, ha="center", va="center", fontsize=10, wrap=True)
     return fig
 
 
@@ -487,15 +506,21 @@ class Stepper(widgets.VBox):
         self._check_step(k)
         return self._snapshots[k - 1]
 
+    def figure_at(self, k: int) -> Figure:
+        """The picture of step k: the tables at `machine_at(k)`, event k outlined."""
+        self._check_step(k)
+        m, e = self._snapshots[k - 1], self.events[k - 1]
+        title = f"step {k} of {len(self)}: {e.func} {e.action}"
+        drawn = None if self._pids is None else [pid for pid in self._pids if pid in m.kernel.tasks and not m.kernel.tasks[pid].exited]
+        if drawn == []:
+            return _empty_figure(title + "\n(none of the processes is alive)", picture_width())
+        return page_tables(m, drawn, highlight=[e], title=title, width=picture_width())
+
     def picture_at(self, k: int) -> bytes:
-        """The PNG of step k: the tables at `machine_at(k)`, event k outlined."""
+        """The PNG of step k (`figure_at`)."""
         self._check_step(k)
         if k not in self._pictures:
-            m, e = self._snapshots[k - 1], self.events[k - 1]
-            title = f"step {k} of {len(self)}: {e.func} {e.action}"
-            drawn = None if self._pids is None else [pid for pid in self._pids if pid in m.kernel.tasks and not m.kernel.tasks[pid].exited]
-            fig = _empty_figure(title + "\n(none of the processes is alive)") if drawn == [] else page_tables(m, drawn, highlight=[e], title=title)
-            self._pictures[k] = png(fig)
+            self._pictures[k] = png(self.figure_at(k))
         return self._pictures[k]
 
     def log_text(self, k: int | None = None) -> str:
@@ -631,20 +656,27 @@ class CostExplorer(widgets.VBox):
             self._cache[key] = {p: fork_cost(self.arch, p, size_mib << 20, fraction, pattern, self.seed) for p in self.policies}
         return self._cache[key]
 
-    def _show(self) -> None:
+    def figure(self) -> Figure:
+        """The bar charts for the sliders' position, as the view shows them."""
         values = self.values()
-        fig = Figure(figsize=(style.WIDTH, 3.0))
-        axes = fig.subplots(1, len(COST_METRICS), gridspec_kw={"left": 0.04, "right": 0.99, "top": 0.74, "bottom": 0.09, "wspace": 0.3})
+        fig = Figure(figsize=(picture_width(), 3.4), layout="constrained")
+        axes = fig.subplots(1, len(COST_METRICS))
+        small = max(style.SMALL, style.smallest_points(fig))
         for ax, (metric, label) in zip(axes, COST_METRICS.items()):
             heights = [values[p][metric] for p in self.policies]
             bars = ax.bar(self.policies, heights, color=[POLICY_COLOURS[p] for p in self.policies])
-            ax.bar_label(bars, fontsize=8)
-            ax.set_title(label, fontsize=9)
-            ax.tick_params(labelsize=8)
+            ax.bar_label(bars, fontsize=small)
+            ax.set_title(label, fontsize=style.TEXT)
+            ax.tick_params(labelsize=small)
+            ax.tick_params(axis="x", rotation=30)
             ax.set_ylim(0, max(1, *heights) * 1.2)  # counts: from zero, whole numbers
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(f"{self.arch}: fork of {self.size.value} MiB, then the parent writes {self.fraction.value:.0%} of its pages ({self.pattern.value})", fontsize=10)
-        self.picture.value = png(fig)
+        return fig
+
+    def _show(self) -> None:
+        values = self.values()
+        self.picture.value = png(self.figure())
         labels = {m: label.replace("\n", " ") for m, label in COST_METRICS.items()}
         width = max(map(len, labels.values()))
         rows = [f"{'':<{width}}" + "".join(f"{p:>10}" for p in self.policies)]

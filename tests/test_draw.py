@@ -8,6 +8,8 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -24,7 +26,8 @@ from ptsim.draw import (
 from ptsim.draw.strips import OWNERS, SHARED, SHARED_TABLE, TABLE, frame_owners
 from ptsim.draw.tables import _boxes, _mark
 from ptsim.hardware.arch import _PAGE_RW
-from ptsim.kernel.page import PG_PGTABLE
+from ptsim.kernel.page import PG_PGTABLE, ZERO_PFN
+from ptsim.widgets import CostExplorer, Lab, Stepper
 
 matplotlib.use("Agg")
 
@@ -250,7 +253,7 @@ def test_before_after_shows_a_forks_child_only_after():
     fig, events = before_after(m, p.fork, processes=[p])
     assert len(fig.axes) == 2 and all(isinstance(ax, Axes) for ax in fig.axes)
     child = next(e.pid for e in events if e.action == "share_table")
-    titles = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("pid")]
+    titles = [" ".join(t.get_text().split()) for ax in fig.axes for t in ax.texts if t.get_text().startswith("pid")]
     assert titles.count(f"pid {p.pid}") == 2 and titles.count(f"pid {child}") == 1
 
 
@@ -459,3 +462,238 @@ def test_pte_bits_bad_arguments_raise_value_error():
         pte_bits(0x2067, "i386", ax="axes")
     with pytest.raises(ValueError, match="title"):
         pte_bits(0x2067, "i386", title=1)
+
+
+# -- readable at the notebook's width (the rule is style's: no text under 11.2 px as shown) -----
+
+
+A = 0x1000  # the chapters' toy examples start here, on a last-level table boundary
+
+
+class _Recorder(RendererAgg):
+    """Draws as Agg does, and keeps every text it draws with its size in points: tick labels,
+    legends, annotations, table cells, whatever the artist."""
+
+    def __init__(self, width, height, dpi):
+        super().__init__(width, height, dpi)
+        self.texts = []
+
+    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if s.strip():
+            self.texts.append((s, prop.get_size_in_points()))
+        return super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+
+
+def shown_texts(fig, box=None):
+    """(text, px) for every text `fig` draws, as the reader sees it. box None: as the notebook
+    shows a figure (its tight box plus padding at its dpi, scaled down to the output's width);
+    a number: as a widget shows its picture (saved at the figure's dpi, 100 % of `box` px)."""
+    width, height = fig.get_size_inches()
+    renderer = _Recorder(width * fig.dpi, height * fig.dpi, fig.dpi)
+    fig.draw(renderer)
+    if box is None:
+        tight = fig.get_tightbbox(renderer).width + 2 * style.PAD
+        return [(s, style.shown_px(pt, tight, fig.dpi)) for s, pt in renderer.texts]
+    return [(s, style.shown_px(pt, width, fig.dpi, box, fill=True)) for s, pt in renderer.texts]
+
+
+def toy_written_then_read(policy="shared", children=0):
+    """Chapters 2, 4 and 5: pages 0-2 of 8 at A written, page 4 read; then `children` forks."""
+    m = ptsim.Machine(arch="toy", policy=policy, ram=16 << 10)
+    p = m.spawn()
+    p.mmap(addr=A, length=8 * 64, prot="rw")
+    p.write(A, b"A" * 3 * 64)
+    p.read(A + 4 * 64, 1)
+    return m, p, [p.fork() for _ in range(children)]
+
+
+def toy_one_process():
+    """Chapter 1: four pages, one written, the fourth only read (Figure 1.2)."""
+    m = ptsim.Machine(arch="toy", policy="copy", ram=64 * 64)
+    p = m.spawn()
+    a = p.mmap(addr=None, length=4 * 64, prot="rw")
+    p.write(a + 69, b"hello")
+    with m.trace() as events:
+        p.read(a + 3 * 64, 1)
+    return m, p, events
+
+
+def x86_8mib():
+    m = ptsim.Machine(arch="x86_64", policy="copy", ram=64 << 20)
+    q = m.spawn()
+    q.write(q.mmap(addr=0x4000_0000, length=8 << 20, prot="rw"), bytes(8 << 20))
+    return m, q
+
+
+def siblings():
+    """Chapter 5: two forks, then the parent writes page 0 (Figure 5.2)."""
+    m, p, (c1, c2) = toy_written_then_read(children=2)
+    with m.trace() as events:
+        p.write(A, b"P")
+    return m, (p, c1, c2), events
+
+
+def each_wrote():
+    """Chapter 5 after each child wrote page 0 too (Figure 5.3)."""
+    m, (p, c1, c2), _ = siblings()
+    c1.write(A, b"1")
+    c2.write(A, b"2")
+    return m
+
+
+def copy_vs_shared():
+    """Chapter 4's Figure 4.3: one fork under each policy, one above the other, in the notebook's figure."""
+    fig = Figure(figsize=(10, 9), layout="constrained")
+    for ax, policy in zip(fig.subplots(2, 1), ("copy", "shared")):
+        m, _, _ = toy_written_then_read(policy, children=1)
+        page_tables(m, ax=ax, title=f'policy="{policy}": after one fork')
+    return fig
+
+
+def three_tables():
+    """Chapter 6: three shared pte tables, three processes."""
+    m = ptsim.Machine(arch="toy", policy="shared", ram=16 << 10)
+    p = m.spawn()
+    p.mmap(addr=A, length=3 * 512, prot="rw")
+    for i in range(9):
+        p.write(A + (i // 3) * 512 + (i % 3) * 64, bytes([65 + i]) * 64)
+    p.fork(), p.fork()
+    return m
+
+
+def mixed_table():
+    """Chapter 7: private and MAP_SHARED pages in one shared table."""
+    m = ptsim.Machine(arch="toy", policy="shared", ram=16 << 10)
+    p = m.spawn()
+    p.mmap(addr=A, length=4 * 64, prot="rw")
+    p.mmap(addr=A + 4 * 64, length=4 * 64, prot="rw", shared=True)
+    p.write(A, b"p" * 3 * 64)
+    p.write(A + 4 * 64, b"s" * 3 * 64)
+    with m.trace() as events:
+        p.fork()
+    return m, events
+
+
+def upper_wp():
+    m = ptsim.Machine(arch="toy", policy="upper_wp", ram=16 << 10)
+    p = m.spawn()
+    p.mmap(addr=A, length=8 * 64, prot="rw")
+    p.write(A, b"A" * 8 * 64)
+    p.fork()
+    return m
+
+
+def _first_fork():
+    m, p, _ = toy_written_then_read()
+    with m.trace() as events:
+        p.fork()
+    return page_tables(m, highlight=events, title="after the first fork (policy shared)")
+
+
+def _child_write():
+    m, _, (c,) = toy_written_then_read(children=1)
+    return before_after(m, lambda: c.write(A, b"c"))[0]
+
+
+def _fork_copy():
+    m, p, _ = toy_written_then_read("copy")
+    return before_after(m, p.fork)[0]
+
+
+def _x86_forked_memory():
+    m, q = x86_8mib()
+    q.fork()
+    return physical_memory(m)
+
+
+# Every figure-making function of ptsim.draw, on inputs like the chapters'.
+FIGURES = {
+    "pte_bits (Figure 1.1)": lambda: ptsim.draw.pte_bits(0x8000_0000_0000_2067, "x86_64"),
+    "pte_bits i386": lambda: ptsim.draw.pte_bits(0x2067, "i386"),
+    "page_tables toy pid 1 (Figure 1.2)": lambda: page_tables(toy_one_process()[0], highlight=toy_one_process()[2]),
+    "page_tables x86_64 8 MiB": lambda: page_tables(*x86_8mib()),
+    "before_after fork (chapter 2)": _fork_copy,
+    "before_after child write (chapter 5)": _child_write,
+    "page_tables first fork (chapter 4)": _first_fork,
+    "page_tables copy vs shared (Figure 4.3)": copy_vs_shared,
+    "page_tables siblings (Figure 5.2)": lambda: page_tables(siblings()[0], highlight=siblings()[2]),
+    "address_spaces (Figure 5.3)": lambda: address_spaces(each_wrote()),
+    "address_spaces x86_64": lambda: address_spaces(x86_8mib()[0]),
+    "page_tables three shared tables (chapter 6)": lambda: page_tables(three_tables()),
+    "page_tables mixed table (chapter 7)": lambda: page_tables(mixed_table()[0], highlight=mixed_table()[1]),
+    "page_tables upper_wp (chapter 9)": lambda: page_tables(upper_wp()),
+    "physical_memory toy": lambda: physical_memory(each_wrote()),
+    "physical_memory x86_64": _x86_forked_memory,
+}
+
+
+def assert_readable(name, texts):
+    assert texts, f"{name}: no text drawn"
+    small = [(s, round(px, 1)) for s, px in texts if px < style.MIN_PX]
+    assert not small, f"{name}: text under {style.MIN_PX:.1f} px as shown: {small[:10]}"
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_text_readable_at_the_notebooks_width(name):
+    assert_readable(name, shown_texts(FIGURES[name]()))
+
+
+def lab_pictures(side_by_side):
+    """The Lab's pictures along a session like chapter 4's and 5's: start, fork, the child
+    writes, a second fork, the parent unmaps a page, the child exits."""
+    lab = Lab(arch="toy", policies=("copy", "shared"), side_by_side=side_by_side)
+    addr = lab.processes("copy")[1].mm.vmas[0].start
+    calls = [lambda: None, lambda: lab.do("fork", pid=1), lambda: lab.do("write", pid=2, addr=addr, data=b"z"),
+             lambda: lab.do("fork", pid=1), lambda: lab.do("munmap", pid=1, addr=addr + 64), lambda: lab.do("exit", pid=2)]
+    for call in calls:
+        call()
+        for policy in lab.policies:
+            yield f"after call {lab.calls}, {policy}", lab.figure(policy)
+
+
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_lab_pictures_readable_in_their_column(side_by_side):
+    box = style.OUTPUT_PX / (2 if side_by_side else 1)  # each picture fills its column
+    for name, fig in lab_pictures(side_by_side):
+        assert_readable(f"Lab(side_by_side={side_by_side}) {name}", shown_texts(fig, box))
+
+
+def test_stepper_and_cost_pictures_readable_at_the_output_width():
+    m, _, (c,) = toy_written_then_read(children=1)
+    stepper = Stepper(m, lambda: c.write(A + 2 * 64, b"s"))
+    for k in range(1, len(stepper) + 1):
+        assert_readable(f"Stepper step {k}", shown_texts(stepper.figure_at(k), style.OUTPUT_PX))
+    explorer = CostExplorer(sizes_mib=(1, 2))
+    assert_readable("CostExplorer", shown_texts(explorer.figure(), style.OUTPUT_PX))
+
+
+def test_the_rule_fails_text_too_small_for_the_width():
+    """The check can fail: 7-point text in a 10-inch figure is scaled down under 11.2 px."""
+    fig = Figure(figsize=(10, 2))
+    fig.text(0.5, 0.5, "small", fontsize=7)
+    fig.text(0.5, 0.2, "large", fontsize=10)
+    shown = dict(shown_texts(fig))
+    assert shown["small"] < style.MIN_PX <= shown["large"]
+    assert style.shown_px(style.smallest_points(fig), 10 + 2 * style.PAD) == pytest.approx(style.MIN_PX)
+
+
+def _legend_and_drawn_looks(fig):
+    ax = fig.axes[0]
+    legend = {(to_hex(h.get_facecolor()), h.get_hatch() or "") for h in ax.get_legend().legend_handles}
+    drawn = {(to_hex(p.get_facecolor()), p.get_hatch() or "") for p in ax.patches}
+    return legend, drawn
+
+
+@pytest.mark.parametrize("machine", [each_wrote, lambda: x86_8mib()[0], lambda: toy_written_then_read(children=3)[0]])
+def test_address_spaces_legend_shows_exactly_the_looks_drawn(machine):
+    legend, drawn = _legend_and_drawn_looks(address_spaces(machine()))
+    assert legend == drawn
+
+
+def test_address_spaces_legend_names_each_shared_frame_and_its_mappers():
+    m = each_wrote()
+    fig = address_spaces(m)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    k = m.kernel
+    shared = [pfn for pfn in range(k.phys.nframes) if k.mem_map.mapcount[pfn] > 1 and pfn != ZERO_PFN]
+    assert shared and all(f"frame {pfn}, mapped by pid 1, 2, 3" in labels for pfn in shared)

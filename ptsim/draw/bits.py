@@ -98,7 +98,7 @@ def pte_bits(entry, arch, *, ax=None, title=None):
         ax.add_patch(Rectangle((x, 0), width, 1, facecolor=fill, edgecolor=style.GREY, linewidth=1.2))
         ax.text(x + width / 2, 0.68, f.name, ha="center", va="center", fontsize=10, weight="bold", color=ink)
         ax.text(x + width / 2, 0.3, str(f.value), ha="center", va="center", fontsize=10, color=ink)
-        ax.text(x + width / 2, -0.22, str(f.lo) if f.lo == f.hi else f"{f.hi}–{f.lo}", ha="center", va="center", fontsize=8, color=style.INK)
+        ax.text(x + width / 2, -0.22, str(f.lo) if f.lo == f.hi else f"{f.hi}–{f.lo}", ha="center", va="center", fontsize=style.TEXT, color=style.INK)
         x += width
     ax.add_patch(Rectangle((0, 0), x, 1, fill=False, edgecolor=style.INK, linewidth=1.2))
     ax.set_xlim(-0.05, x + 0.05)  # the frame's line is not clipped

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from . import style
 from .graph import kernel_of, table_graph
-from .tables import draw_graph, events_of, legend_handles, write_alike
+from .tables import draw_graph, events_of, figure_height, legend, write_alike
 
 _COLUMNS = ("func", "action", "pid", "addr", "level", "table", "frame", "count")
 
@@ -37,14 +37,13 @@ def before_after(machine, call, processes=None, *, collapse=None, title=None):
         born = {e.pid for e in events if e.pid is not None and e.pid not in alive_before}
         keep = sorted(pid for pid in set(before.graph["pids"]) | born if not k.tasks[pid].exited)
         after = table_graph(machine, keep) if keep else nx.DiGraph(arch=k.arch.name, policy=machine.policy, pids=())
-    fig = Figure(figsize=(2 * style.WIDTH * 0.7, 1.3 * (k.arch.levels + 1) + 1.4), layout="constrained")
+    fig = Figure(figsize=(style.WIDTH, figure_height(k.arch) + 0.4), layout="constrained")
     left, right = fig.subplots(1, 2)
     pens = []
     used = draw_graph(left, before, k.arch, collapse=collapse, events=events, title="before", pens=pens)
     used |= draw_graph(right, after, k.arch, collapse=collapse, events=events, title=f"after ({len(events)} events)", pens=pens)
     write_alike(pens)
-    handles = legend_handles(used)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=7, frameon=False)
+    legend(fig, used, loc="outside lower center")
     if title is not None:
         fig.suptitle(title, fontsize=11)
     return fig, events

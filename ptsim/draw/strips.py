@@ -20,7 +20,7 @@ from .graph import kernel_of, private_writable, tasks_of, walk_tables
 # A frame several processes map: one look per frame, none of them the private page's blue.
 SHARED_LOOKS = [(c, h) for h in ("", "////", "....", "xxx") for c in (style.ORANGE, style.GREEN, style.PURPLE)]
 PRIVATE = style.BLUE
-LABELLED_PAGES = 64  # at most this many pages in view: each present page shows its frame number
+LABELLED_PAGES = 64  # at most this many pages in view, and room for it: each present page shows its frame number
 
 
 def _ptes(k, mm, start: int, end: int) -> np.ndarray:
@@ -83,8 +83,12 @@ def address_spaces(machine, processes=None, *, ax=None):
     if not ranges:
         ax.axis("off")
         ax.set_title(title, fontsize=10)
-        ax.text(0.5, 0.5, "no mappings" if tasks else "no live process", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no mappings" if tasks else "no live process", ha="center", va="center", fontsize=style.TEXT, transform=ax.transAxes)
         return fig
+    small = max(style.SMALL, style.smallest_points(fig))
+    # A page's frame number, only where every page has room for the longest one.
+    page_pt = 72 * fig.get_figwidth() * 0.9 / (width + 1)
+    labelled = pages <= LABELLED_PAGES and style.text_width(str(k.phys.nframes - 1), small) <= 0.8 * page_pt
     used = set()
     for row, task in enumerate(tasks):
         y = -row
@@ -95,42 +99,47 @@ def address_spaces(machine, processes=None, *, ax=None):
             ax.add_patch(Rectangle((x0, y - 0.4), w, 0.8, facecolor=style.LIGHT, edgecolor=style.INK, linewidth=0.8,
                                    hatch="\\\\\\" if vma.shared else None, zorder=1))
             label = f"{vma.prot or 'PROT_NONE'} {'shared' if vma.shared else 'private'}"
-            ax.text(x0 + w / 2, y + 0.32, label, ha="center", va="center", fontsize=7, zorder=4, in_layout=False,
+            ax.text(x0 + w / 2, y + 0.32, label, ha="center", va="center", fontsize=small, zorder=4, in_layout=False,
                     bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
             used.add("shared_vma" if vma.shared else "vma")
         for i, entries in enumerate(ptes[task.pid]):
-            _draw_pages(ax, k, task.mm, entries, ranges[i][0], origins[i], y, looks, pages <= LABELLED_PAGES, used)
+            _draw_pages(ax, k, task.mm, entries, ranges[i][0], origins[i], y, looks, small if labelled else None, used)
     for i, (s, e) in enumerate(ranges):
         if i:
             ax.text(origins[i] - cut / 2, 0.5, "≈", ha="center", va="bottom", fontsize=10, color=style.GREY)
     # Every VMA boundary gets an address, as long as the labels do not run into each other.
     bounds = sorted({b for t in tasks for v in t.mm.vmas for b in (v.start, v.end)})
     at = {b: next(o + ((b - s) >> shift) for o, (s, e) in zip(origins, ranges) if s <= b <= e) for b in bounds}
-    room = 0.9 * width / max(1, len(bounds) - 1)
-    shown = [b for b in bounds if b in {r for pair in ranges for r in pair}] if room < len(f"{bounds[-1]:#x}") * width / 120 else bounds
-    ax.set_xticks([at[b] for b in shown], [f"{b:#x}" for b in shown], fontsize=7)
-    ax.set_yticks([-r for r in range(len(tasks))], [f"pid {t.pid}" for t in tasks], fontsize=9)
+    room = 0.9 * width / max(1, len(bounds) - 1)  # in pages
+    shown = [b for b in bounds if b in {r for pair in ranges for r in pair}] if room * page_pt < 1.2 * style.text_width(f"{bounds[-1]:#x}", small) else bounds
+    ax.set_xticks([at[b] for b in shown], [f"{b:#x}" for b in shown], fontsize=small)
+    ax.set_yticks([-r for r in range(len(tasks))], [f"pid {t.pid}" for t in tasks], fontsize=style.TEXT)
     ax.set_xlim(-0.5, width + 0.5)
     ax.set_ylim(-len(tasks) + 0.45, 0.65)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.tick_params(axis="y", length=0)
     ax.set_title(title, fontsize=10)
-    legend = {
-        "vma": (style.LIGHT, None, "private VMA"), "shared_vma": (style.LIGHT, "\\\\\\", "MAP_SHARED VMA"),
-        "private": (PRIVATE, None, "page only this process maps"),
-        "shared": (SHARED_LOOKS[0][0], None, "frame another process maps too" + ("" if one_look else " (same look, same frame)")),
-        "zero": (style.ZERO, None, "the zero page"), "cow": (style.WRPROTECT, None, "RW=0: write-protected for copy-on-write"),
-        "swap": ("white", "....", "swapped out"), "protnone": (style.GREY, None, "PROT_NONE entry"),
-    }
-    handles = [Patch(facecolor=f, hatch=h, edgecolor=style.INK, linewidth=0.5, label=lab) for key, (f, h, lab) in legend.items() if key in used]
-    if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    # One entry per look drawn: each frame several processes map has its own, unless all share one.
+    mapped_by = {p: ", ".join(str(pid) for pid in sorted(mappers[p])) for p in shared}
+    shared_entries = ([(SHARED_LOOKS[0][0], SHARED_LOOKS[0][1], "frame several drawn processes map")] if one_look else
+                      [(looks[p][0], looks[p][1], f"frame {p}, mapped by pid {mapped_by[p]}") for p in shared if ("shared", p) in used])
+    legend = [
+        ("vma", style.LIGHT, None, "private VMA"), ("shared_vma", style.LIGHT, "\\\\\\", "MAP_SHARED VMA"),
+        ("private", PRIVATE, None, "page only this process maps"),
+        *(("shared", face, hatch, label) for face, hatch, label in shared_entries),
+        ("zero", style.ZERO, None, "the zero page"), ("cow", style.WRPROTECT, None, "RW=0: write-protected for copy-on-write"),
+        ("swap", "white", "....", "swapped out"), ("protnone", style.GREY, None, "PROT_NONE entry"),
+    ]
+    handles = [Patch(facecolor=f, hatch=h or None, edgecolor=style.INK, linewidth=0.5, label=lab) for key, f, h, lab in legend if key in used]
+    style.legend(ax, handles, bbox_to_anchor=(0.5, -0.12))
     return fig
 
 
-def _draw_pages(ax, k, mm, entries, start, origin, y, looks, labelled, used) -> None:
-    """Runs of alike pages as one rectangle each, with a red bar under write-protected ones."""
+def _draw_pages(ax, k, mm, entries, start, origin, y, looks, label_size, used) -> None:
+    """Runs of alike pages as one rectangle each, with a red bar under write-protected ones;
+    with a `label_size`, each page its own rectangle and its frame number at that size."""
+    labelled = label_size is not None
     pfns = k.pfns_of(entries)
     mapped = (entries & MAPPED) != 0
     cow = mapped & ((entries & _PAGE_RW) == 0) & private_writable(k, mm, start, len(entries))
@@ -156,11 +165,13 @@ def _draw_pages(ax, k, mm, entries, start, origin, y, looks, labelled, used) -> 
         if kinds[i] is not None:
             key, face, hatch = kinds[i][:3]
             used.add(key)
+            if key == "shared":
+                used.add(("shared", int(pfns[i])))
             ax.add_patch(Rectangle((origin + i, y - 0.25), j - i, 0.45, facecolor=face, hatch=hatch or None,
                                    edgecolor="white" if not labelled and key != "swap" else style.INK, linewidth=0.3, zorder=2))
             if labelled and key in ("shared", "private", "zero"):
                 plain = not hatch
-                ax.text(origin + i + 0.5, y - 0.025, str(int(pfns[i])), ha="center", va="center", fontsize=6, zorder=3, in_layout=False,
+                ax.text(origin + i + 0.5, y - 0.025, str(int(pfns[i])), ha="center", va="center", fontsize=label_size, zorder=3, in_layout=False,
                         color="white" if plain and face in (PRIVATE, style.PURPLE, style.GREEN) else style.INK,
                         bbox=None if plain else {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none"})
         i = j
@@ -253,14 +264,17 @@ def physical_memory(machine, *, ax=None):
         ax.set_yticks(np.arange(-0.5, nrows), minor=True)
         ax.grid(which="minor", color="white", linewidth=0.8)
         ax.tick_params(which="minor", length=0)
-        font = 7 if ncols <= 32 else 5
+        # A letter or pid in each cell, where the cell has room for it at a readable size (the
+        # frame-number labels take about an inch on the left).
+        font = max(style.SMALL, style.smallest_points(fig))
+        cell_pt = 72 * min((fig.get_figwidth() - 1.2) / ncols, (fig.get_figheight() - 1.3) / nrows)
         for i, c in enumerate(codes.tolist()):
             text = _CATEGORY[c][1] if c < OWNERS else str(pids[c - OWNERS])
-            if text:
+            if text and style.text_width(text, font) <= 0.8 * cell_pt and 1.2 * font <= cell_pt:
                 ax.text(i % ncols, i // ncols, text, ha="center", va="center", fontsize=font, in_layout=False,
                         color="white" if c == RESERVED or c >= OWNERS else style.INK)
     step = max(1, nrows // 8)
-    ax.set_yticks(range(0, nrows, step), [f"frame {r * ncols * per}" for r in range(0, nrows, step)], fontsize=7)
+    ax.set_yticks(range(0, nrows, step), [f"frame {r * ncols * per}" for r in range(0, nrows, step)], fontsize=max(style.SMALL, style.smallest_points(fig)))
     ax.set_xticks([])
     k = machine.kernel
     unit = "frame" if per == 1 else f"{per} frames (what most of the used ones hold)"
@@ -269,5 +283,5 @@ def physical_memory(machine, *, ax=None):
     handles = [Patch(facecolor=_CATEGORY[c][0], edgecolor=style.INK, linewidth=0.5, label=_CATEGORY[c][2]) for c in range(OWNERS) if c in present]
     handles += [Patch(facecolor=colours[OWNERS + r], edgecolor=style.INK, linewidth=0.5, label=f"pid {pid} only")
                 for r, pid in enumerate(pids) if OWNERS + r in present]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    style.legend(ax, handles)
     return fig

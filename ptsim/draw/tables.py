@@ -18,6 +18,7 @@ the same use count and sharers, one box ("32 pte tables").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 
 import networkx as nx
 import numpy as np
@@ -35,6 +36,7 @@ GAP = 0.7  # least room between two boxes of a row
 FULL_TABLE = 16  # tables this wide or narrower are drawn entry by entry unless told to collapse
 GROUP = 2  # consecutive alike last-level tables summarised as one box, from this many on
 RO_TINT = "#F0C7A6"  # vermillion at 35%: dark text stays readable on it
+UNIT = 23.0  # points per cell unit upright in a new figure: room for two lines of text in a cell
 
 
 @dataclass
@@ -66,12 +68,14 @@ class Box:
         return self.key[1] if isinstance(self.key[1], tuple) else (self.key[1],)
 
 
-def page_tables(machine, processes=None, *, ax=None, collapse=None, highlight=None, title=None):
+def page_tables(machine, processes=None, *, ax=None, collapse=None, highlight=None, title=None, width=None):
     """Draw the page tables of `processes` (default: every live one) and return the Figure.
 
     collapse: None picks by geometry (entry by entry for `toy`, summarised for x86_64 and
     i386); True or False forces it. highlight: Events (from `with m.trace() as ev:`) whose
-    tables, entries and frames get a purple outline.
+    tables, entries and frames get a purple outline. width: of a new figure, in inches
+    (default: the book's width). A text that cannot fit its box at a readable size
+    (`style.smallest_points`) is shortened, or left out.
     """
     k = kernel_of(machine)
     style.check_ax(ax)
@@ -80,17 +84,30 @@ def page_tables(machine, processes=None, *, ax=None, collapse=None, highlight=No
     events = events_of(highlight)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a str or None, not {type(title).__name__}")
-    return render(table_graph(machine, processes), k.arch, ax=ax, collapse=collapse, events=events, title=title)
+    if width is not None and (not isinstance(width, Real) or isinstance(width, bool) or not 2 <= width <= 30):
+        raise ValueError(f"width must be None or a number of inches from 2 to 30, not {width!r}")
+    return render(table_graph(machine, processes), k.arch, ax=ax, collapse=collapse, events=events, title=title,
+                  width=style.WIDTH if width is None else float(width))
 
 
-def render(g: nx.DiGraph, arch, *, ax=None, collapse=None, events=None, title=None):
+def figure_height(arch) -> float:
+    """Inches: the rows of a picture of `arch`'s tables at UNIT points per cell unit, and
+    room for a title and a legend."""
+    units = PROC + (arch.levels + 1) * (HEAD + CELL + ARROWS) + 0.8
+    return units * UNIT / 72 + 1.6
+
+
+def render(g: nx.DiGraph, arch, *, ax=None, collapse=None, events=None, title=None, width=style.WIDTH):
     """Draw a graph `table_graph` made (perhaps before the machine changed); return the Figure."""
-    fig, ax = style.new_figure(ax, height=1.3 * (arch.levels + 1) + 1.0)
+    fig, ax = style.new_figure(ax, height=figure_height(arch), width=width)
     used = draw_graph(ax, g, arch, collapse=collapse, events=events, title=title)
-    handles = legend_handles(used)
-    if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    legend(ax, used)
     return fig
+
+
+def legend(where, used: set[str], **kw) -> None:
+    """The legend of what was drawn (`style.legend`)."""
+    style.legend(where, legend_handles(used), **kw)
 
 
 def draw_graph(ax, g: nx.DiGraph, arch, *, collapse=None, events=None, title=None, pens=None) -> set[str]:
@@ -105,7 +122,7 @@ def draw_graph(ax, g: nx.DiGraph, arch, *, collapse=None, events=None, title=Non
         title = f"page tables of pid {pids} ({arch.name}, policy {g.graph['policy']})"
     rows = _boxes(g, arch, collapse)
     ax.axis("off")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=max(10.0, style.smallest_points(ax.figure)))
     if not rows:
         ax.text(0.5, 0.5, "no live process", ha="center", va="center", transform=ax.transAxes)
         return set()
@@ -396,38 +413,64 @@ def legend_handles(used: set[str]) -> list[Patch]:
 
 
 class _Pen:
-    """Writes text in boxes, one size per kind of text (headers, cells, frames...): the
-    largest at which every text of that kind fits its box, so that alike things read alike."""
+    """Writes text in boxes, one size and one form per kind of text (headers, cells,
+    frames...), so that alike things read alike: each text comes with shorter forms, and a
+    kind is written in its longest forms that every text of the kind fits at a readable size
+    (`style.smallest_points`), as large as they fit. Where even the shortest forms do not all
+    fit, they are written at the smallest readable size, and a text that does not fit its
+    box is left out (the colours and the legend still tell)."""
+
+    WANTED = {"proc": 10.0, "head": 9.5, "cell": 9.5, "gap": 9.5, "frame": 9.5}  # the largest wanted
 
     def __init__(self, ax, width: float, height: float):
         pos = ax.get_position()
         self.ax = ax
         self.x = 72 * ax.figure.get_figwidth() * pos.width / width  # points per cell unit
         self.y = 72 * ax.figure.get_figheight() * pos.height / height
+        self.least = style.smallest_points(ax.figure) * 1.01
         self.texts: list[tuple] = []
 
-    def text(self, kind: str, x, y, lines: list[str], w: float, h: float, **kw) -> None:
-        self.texts.append((kind, x, y, lines, w, h, kw))
+    def text(self, kind: str, x, y, forms: list[list[str]], w: float, h: float, **kw) -> None:
+        """`forms`: the text's lines, then shorter forms of them, longest first."""
+        self.texts.append((kind, x, y, forms, w, h, kw))
 
-    def sizes(self) -> dict[str, float]:
-        size = {"proc": 10.0, "head": 8.0, "cell": 8.0, "gap": 8.0, "frame": 8.0}  # the largest wanted
-        for kind, _, _, lines, w, h, _ in self.texts:
-            fit = min(0.9 * w * self.x / (0.6 * max(len(s) for s in lines)), 0.85 * h * self.y / (1.2 * len(lines)))
-            size[kind] = min(size[kind], fit)
-        return size
+    def _fits(self, lines: list[str], size: float, w: float, h: float, weight: str) -> bool:
+        return (max(style.text_width(s, size, weight) for s in lines) <= 0.9 * w * self.x
+                and 1.25 * size * len(lines) <= 0.9 * h * self.y)
 
-    def write(self, size: dict[str, float]) -> None:
-        for kind, x, y, lines, _, _, kw in self.texts:
-            if size[kind] >= 3.5:
+    def _fit(self, lines: list[str], w: float, h: float, weight: str) -> float:
+        """The largest size (up to any kind's wanted one) at which `lines` fit a w x h box."""
+        top = max(self.WANTED.values())
+        return min(top * 0.9 * w * self.x / max(style.text_width(s, top, weight) for s in lines), 0.9 * h * self.y / (1.25 * len(lines)))
+
+    def sizes(self) -> dict[str, tuple[float, int]]:
+        """Per kind: (size, which form: 0 the longest)."""
+        chosen = {}
+        for kind, wanted in self.WANTED.items():
+            texts = [t for t in self.texts if t[0] == kind]
+            levels = max((len(t[3]) for t in texts), default=1)
+            for level in range(levels):
+                fit = min((self._fit(forms[min(level, len(forms) - 1)], w, h, kw.get("weight", "normal"))
+                           for _, _, _, forms, w, h, kw in texts), default=wanted)
+                if fit >= self.least or level == levels - 1:
+                    chosen[kind] = (max(self.least, min(wanted, fit)), level)
+                    break
+        return chosen
+
+    def write(self, chosen: dict[str, tuple[float, int]]) -> None:
+        for kind, x, y, forms, w, h, kw in self.texts:
+            size, level = chosen[kind]
+            lines = forms[min(level, len(forms) - 1)]
+            if self._fits(lines, size, w, h, kw.get("weight", "normal")):
                 # Inside the axes: constrained layout need not measure it (text costs the most).
-                self.ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=size[kind], linespacing=1.05, in_layout=False, **kw)
+                self.ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=size, linespacing=1.05, in_layout=False, **kw)
 
 
 def write_alike(pens: list[_Pen]) -> None:
     """Write the text of several pictures, each kind at the size that fits in all of them."""
-    sizes = [pen.sizes() for pen in pens]
-    for pen in pens:
-        pen.write({kind: min(s[kind] for s in sizes) for kind in sizes[0]})
+    chosen = [pen.sizes() for pen in pens]
+    for pen in pens:  # the shortest forms any picture needs, at the smallest size
+        pen.write({kind: (min(c[kind][0] for c in chosen), max(c[kind][1] for c in chosen)) for kind in chosen[0]})
 
 
 def _draw(ax, g: nx.DiGraph, rows) -> tuple[set[str], _Pen]:
@@ -449,7 +492,7 @@ def _draw(ax, g: nx.DiGraph, rows) -> tuple[set[str], _Pen]:
             x0 = b.x - b.width / 2
             if b.key[0] == "proc":
                 ax.add_patch(Rectangle((x0, bottom), b.width, PROC, facecolor=style.LIGHT, edgecolor=style.INK, linewidth=1.0))
-                pen.text("proc", b.x, bottom + PROC / 2, [f"pid {b.key[1]}"], b.width, PROC, weight="bold")
+                pen.text("proc", b.x, bottom + PROC / 2, [[f"pid {b.key[1]}"], ["pid", str(b.key[1])], [str(b.key[1])]], b.width, PROC, weight="bold")
             elif b.key[0] in ("table", "tables"):
                 _draw_table(ax, pen, g, b, x0, y, used)
             else:
@@ -501,19 +544,21 @@ def _draw_table(ax, pen: _Pen, g, b: Box, x0: float, y: float, used: set) -> Non
     shared = node["use_count"] > 1
     head = _header(g, b)
     ax.add_patch(Rectangle((x0, y), b.width, HEAD, facecolor=style.SHARED if shared else style.LIGHT, edgecolor=style.INK, linewidth=0.6))
-    pen.text("head", b.x, y + HEAD / 2, head, b.width, HEAD, weight="bold" if shared else "normal")
+    short = f"{node['level_name']} {b.pfns[0]}" if len(b.pfns) == 1 else f"{len(b.pfns)} {node['level_name']}s"
+    forms = [head, head[:2], [short, head[1]], [short, f"count {node['use_count']}"], [short]]
+    pen.text("head", b.x, y + HEAD / 2, forms, b.width, HEAD, weight="bold" if shared else "normal")
     left = x0
     for c in b.cells:
         face, edge, hatch, text, key = _cell_style(c)
         used.add(key)
         if c.state == "gap":
-            pen.text("gap", left + c.width / 2, y - CELL / 2, ["⋯"], c.width, CELL, color=style.GREY)
+            pen.text("gap", left + c.width / 2, y - CELL / 2, [["⋯"]], c.width, CELL, color=style.GREY)
         else:
             ax.add_patch(Rectangle((left, y - CELL), c.width, CELL, facecolor=face, edgecolor=edge, linewidth=0.5, hatch=hatch))
             span = str(c.lo) if c.lo == c.hi else f"{c.lo}–{c.hi}"
             if b.key[0] == "tables":
                 span = f"{c.hi + 1} entries"
-            pen.text("cell", left + c.width / 2, y - CELL / 2, [span, text] if text else [span], c.width, CELL)
+            pen.text("cell", left + c.width / 2, y - CELL / 2, [[span, text], [span]] if text else [[span]], c.width, CELL)
         if c.highlight:
             ax.add_patch(Rectangle((left, y - CELL), c.width, CELL, fill=False, edgecolor=style.HIGHLIGHT, linewidth=2.0, zorder=6))
         left += c.width
@@ -543,4 +588,5 @@ def _draw_frame(ax, pen: _Pen, g, b: Box, x0: float, y: float, used: set) -> Non
         used.add("mapcount")
     ax.add_patch(Rectangle((x0, y - CELL), b.width, CELL + HEAD, facecolor=face, edgecolor=style.SHARED if several else style.INK,
                            linewidth=2.4 if several else 0.6, linestyle="--" if kind == "swap" else "-"))
-    pen.text("frame", b.x, y + (HEAD - CELL) / 2, text, b.width, CELL + HEAD, color="white" if kind in ("anon", "shmem") else style.INK)
+    forms = [text, [text[0], text[-1]], text[:1], ["zero"] if kind == "zero" else [str(b.pfns[0])] if len(b.pfns) == 1 else text[:1]]
+    pen.text("frame", b.x, y + (HEAD - CELL) / 2, forms, b.width, CELL + HEAD, color="white" if kind in ("anon", "shmem") else style.INK)
