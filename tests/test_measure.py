@@ -270,7 +270,7 @@ def test_plot_draws_both_modes_and_the_prediction(tiny):
     try:
         ax_time, ax_pte = fig.axes
         labels = [line.get_label() for line in ax_time.lines]
-        assert {"fork, THP off", "fork, sparse", "fitted fork"} <= set(labels)
+        assert {"fork, every page, THP off", "fork, one page per 2 MiB, THP off", "fitted fork"} <= set(labels)
         [predicted] = [line for line in ax_pte.lines if line.get_label().startswith("ptsim")]
         assert list(predicted.get_ydata()) == sorted({r.predicted_vmpte_kb for r in results.rows})
     finally:

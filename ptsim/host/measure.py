@@ -662,44 +662,63 @@ def format_table(results: Results) -> str:
 
 
 def plot(results: Results, model: CostModel | None = None):
-    """A Figure: fork latencies against size with THP off and on and for sparse rows (and
-    `model`'s line, if given), and VmPTE against size, measured beside ptsim's prediction."""
+    """A Figure of the book's width: fork latencies against size, every page written with THP
+    off and on and sparse (and `model`'s line, if given), and VmPTE against size, measured
+    beside ptsim's prediction; one legend under both."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
-    fig, (ax_time, ax_pte) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    model_label = model and f"fitted {LATENCIES[model.latency]}"
-    series = [("THP off", "o", "tab:blue", lambda r: r.thp == "off" and not r.sparse),
-              ("THP on", "s", "tab:orange", lambda r: r.thp == "on"),
-              ("sparse", "^", "tab:green", lambda r: r.sparse)]
+    from ..draw import style
+
+    fig, (ax_time, ax_pte) = plt.subplots(1, 2, figsize=(style.WIDTH, 5.0), layout="constrained")
+    series = [("every page, THP off", "o", style.BLUE, lambda r: r.thp == "off" and not r.sparse),
+              ("every page, THP on", "s", style.ORANGE, lambda r: r.thp == "on"),
+              ("one page per 2 MiB, THP off", "^", style.GREEN, lambda r: r.sparse)]
+    handles = []
     for name, marker, color, chosen in series:
         rows = [r for r in results.rows if chosen(r)]
         if not rows:
             continue
+        handles.append(Line2D([], [], marker=marker, color=color, linestyle="none", label=name))
         mib = [r.size / MiB for r in rows]
         ax_time.plot(mib, [r.fork_ms for r in rows], marker=marker, color=color, label=f"fork, {name}")
         ax_time.plot(mib, [r.fork_wait_ms for r in rows], marker=marker, color=color, linestyle="--",
                      markerfacecolor="none", label=f"fork+exit+wait, {name}")
         if model is not None:
-            ax_time.plot(mib, model.predict_ms([r.ptes for r in rows], [r.tables for r in rows]), color="black",
-                         linewidth=0.8, label=model_label)
-            model_label = None  # one legend entry for the model's lines
+            ax_time.plot(mib, model.predict_ms([r.ptes for r in rows], [r.tables for r in rows]), color=style.BLACK,
+                         linewidth=0.8, label=f"fitted {LATENCIES[model.latency]}")
         ax_pte.plot(mib, [r.vmpte_buffer_kb for r in rows], marker=marker, color=color, linestyle="none",
-                    markersize=9 if name == "THP off" else 5, label=f"measured: what the buffer added, {name}")
+                    markersize=9 if chosen is series[0][3] else 5, label=f"measured: what the buffer added, {name}")
     by_size = {r.size: r.predicted_vmpte_kb for r in results.rows}
-    ax_pte.plot([s / MiB for s in sorted(by_size)], [by_size[s] for s in sorted(by_size)], color="black",
-                linewidth=0.8, label="ptsim: VmPTE of the same mapping")
+    ax_pte.plot([s / MiB for s in sorted(by_size)], [by_size[s] for s in sorted(by_size)], color=style.BLACK,
+                linewidth=1.2, linestyle=":", label="ptsim: VmPTE of the same mapping")
+    handles += [Line2D([], [], color=style.BLACK, marker="o", label="fork (left)"),
+                Line2D([], [], color=style.BLACK, marker="o", markerfacecolor="none", linestyle="--",
+                       label="fork+exit+wait (left)")]
+    if model is not None:
+        handles.append(Line2D([], [], color=style.BLACK, linewidth=0.8, label=f"fitted {LATENCIES[model.latency]} (left)"))
+    handles.append(Line2D([], [], color=style.BLACK, linewidth=1.2, linestyle=":", label="ptsim's VmPTE (right)"))
+
+    def plain(value, _):
+        return f"{value:g}"
+
+    def twos_and_fives(value, _):
+        return f"{value:g}" if round(value / 10 ** np.floor(np.log10(value))) in (2, 5) else ""
+
     for ax, ylabel, title in ((ax_time, "ms (median)", "fork on this machine"),
-                              (ax_pte, "VmPTE, kB", "page tables: measured and predicted")):
+                              (ax_pte, "VmPTE the buffer added, kB", "page tables: measured and predicted")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([s / MiB for s in sorted(by_size)], [format_size(s) for s in sorted(by_size)], rotation=30)
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("size of the buffer (sparse: one page written per 2 MiB)")
+        ax.yaxis.set_major_formatter(FuncFormatter(plain))
+        ax.yaxis.set_minor_formatter(FuncFormatter(twos_and_fives))
+        ax.set_xlabel("size of the buffer")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize="small")
         ax.grid(True, which="both", alpha=0.3)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
