@@ -10,7 +10,7 @@ import pytest
 from ptsim import Machine
 from ptsim.hardware import ARCHES
 from ptsim.host import measure
-from ptsim.host.measure import GiB, KiB, MiB, Results, Row
+from ptsim.host.measure import TABLE_SPAN, GiB, KiB, MiB, Results, Row
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="measures the Linux kernel this runs on")
 X86_64 = ARCHES["x86_64"]
@@ -18,9 +18,10 @@ X86_64 = ARCHES["x86_64"]
 
 @pytest.fixture(scope="module")
 def tiny():
-    """8 and 16 MiB, THP off and on, 2 forks each, with every progress call recorded."""
+    """8 and 16 MiB, THP off and on, and 64 MiB sparse, 2 forks each, with every progress call recorded."""
     calls = []
-    results = measure.run(sizes=["8M", 16 * MiB], repeats=2, progress=lambda *call: calls.append(call))
+    results = measure.run(sizes=["8M", 16 * MiB], repeats=2, progress=lambda *call: calls.append(call),
+                          sparse_sizes=["64M"])
     return results, calls
 
 
@@ -29,16 +30,20 @@ def test_tiny_run_measures_every_size_and_mode_in_order(tiny):
     results, calls = tiny
     huge_pages_possible = measure.thp_setting("enabled") not in (None, "never")
     modes = ("off", "on") if huge_pages_possible else ("off",)
-    assert [(r.size, r.thp) for r in results.rows] == [(s, m) for s in (8 * MiB, 16 * MiB) for m in modes]
+    assert [(r.size, r.thp, r.sparse) for r in results.rows] == [
+        *((s, m, False) for s in (8 * MiB, 16 * MiB) for m in modes), (64 * MiB, "off", True)]
     for r in results.rows:
         assert len(r.fork_ns) == len(r.fork_wait_ns) == results.repeats == 2
         assert all(0 < f < w for f, w in zip(r.fork_ns, r.fork_wait_ns))  # the wait comes after the fork
         assert r.address % (2 * MiB) == 0
         assert r.vmpte_parent_kb > r.vmpte_buffer_kb
         assert r.tables == r.size // (2 * MiB)
-    assert all(r.anon_huge_kb == 0 and r.ptes == r.size // 4096 for r in results.rows if r.thp == "off")
+    assert all(r.anon_huge_kb == 0 and r.ptes == r.size // 4096 for r in results.rows if r.thp == "off" and not r.sparse)
+    [sparse] = [r for r in results.rows if r.sparse]
+    assert sparse.ptes == sparse.tables == 32 and sparse.stride == TABLE_SPAN
+    assert sparse.vmpte_buffer_kb >= 4 * sparse.tables  # one PTE in each, but every table is there
     assert [c[:2] for c in calls] == [(i, len(results.rows)) for i in range(len(results.rows) + 1)]
-    assert "8 MiB, THP off" in calls[1][2]
+    assert "8 MiB, THP off" in calls[1][2] and "64 MiB, sparse, THP off" in calls[-1][2]
 
 
 @linux_only
@@ -95,12 +100,14 @@ def test_save_then_load_gives_the_same_results_from_csv_and_json(tiny, tmp_path)
 
 
 def synthetic(fixed_ms, ns_per_pte, us_per_table, modes=("off", "on"), noise=0.0):
-    """Rows whose latencies follow the model exactly (or with seeded relative noise)."""
+    """Rows whose latencies follow the model exactly (or with seeded relative noise); mode
+    "sparse" is THP off with one page written per 2 MiB."""
     rng = np.random.default_rng(7)
     rows = []
     for size in measure.default_sizes():
         for mode in modes:
-            row = Row(size, mode, 0, [0], [0], 0, 0, 0, size // KiB if mode == "on" else 0, 0)
+            row = Row(size, "on" if mode == "on" else "off", 0, [0], [0], 0, 0, 0, size // KiB if mode == "on" else 0, 0,
+                      TABLE_SPAN if mode == "sparse" else 4096)
             ms = fixed_ms + ns_per_pte * row.ptes / 1e6 + us_per_table * row.tables / 1e3
             row.fork_ns = [round(ms * 1e6 * (1 + noise * rng.standard_normal()))]
             row.fork_wait_ns = [2 * row.fork_ns[0]]
@@ -114,6 +121,67 @@ def test_fit_recovers_known_coefficients():
     assert model.r2 == pytest.approx(1.0) and model.points == 14
     noisy = measure.fit(synthetic(0.4, 51.0, 1.5, noise=0.01), "fork_wait")
     assert (noisy.ns_per_pte, noisy.us_per_table) == pytest.approx((102.0, 3.0), rel=0.05)
+
+
+def test_fit_tells_the_table_cost_from_sparse_rows_without_huge_pages():
+    model = measure.fit(synthetic(0.4, 51.0, 1.5, modes=("off", "sparse")))
+    assert (model.fixed_ms, model.ns_per_pte, model.us_per_table) == pytest.approx((0.4, 51.0, 1.5), rel=1e-6)
+    assert model.at_zero == ()
+
+
+def test_fit_holds_a_cost_that_least_squares_makes_negative_at_zero():
+    """Latencies that fall with the number of tables: least squares alone fits -1 us per
+    table; the fit holds that at 0, says so, and refits the other costs."""
+    results = synthetic(0.4, 51.0, -1.0)
+    ptes = np.array([r.ptes for r in results.rows]) / 1e6
+    tables = np.array([r.tables for r in results.rows]) / 1e3
+    x = np.column_stack([np.ones_like(ptes), ptes, tables])
+    free, *_ = np.linalg.lstsq(x, results.latency_ms("fork"), rcond=None)
+    assert free[2] == pytest.approx(-1.0)
+    model = measure.fit(results)
+    assert model.us_per_table == 0 and model.at_zero == ("per table",)
+    assert model.fixed_ms > 0 and model.ns_per_pte > 0
+    assert str(model).endswith("held at 0: per table)")
+    two, *_ = np.linalg.lstsq(x[:, :2], results.latency_ms("fork"), rcond=None)
+    assert (model.fixed_ms, model.ns_per_pte) == pytest.approx(tuple(two))
+
+
+def kkt_holds(x, y, coef):
+    """Karush-Kuhn-Tucker for min |x c - y|^2 with c >= 0: no negative coefficient, the
+    gradient 0 where a coefficient is positive and not negative where it is 0."""
+    gradient = x.T @ (x @ coef - y)
+    scale = np.abs(x.T @ y).max()
+    return bool((coef >= 0).all() and all(g >= -1e-9 * scale if c == 0 else abs(g) <= 1e-9 * scale
+                                          for c, g in zip(coef, gradient)))
+
+
+def test_nonnegative_lstsq_is_least_squares_when_no_coefficient_is_negative():
+    x = np.column_stack([np.ones(5), np.arange(5.0), np.arange(5.0) ** 2])
+    y = x @ [1.0, 2.0, 0.5]
+    assert measure.nonnegative_lstsq(x, y) == pytest.approx([1.0, 2.0, 0.5])
+
+
+def test_nonnegative_lstsq_holds_a_negative_slope_at_zero():
+    x = np.column_stack([np.ones(3), [0.0, 1.0, 2.0]])
+    y = np.array([2.0, 1.0, 0.0])  # least squares: 2 - 1 * x
+    assert np.linalg.lstsq(x, y, rcond=None)[0] == pytest.approx([2.0, -1.0])
+    assert measure.nonnegative_lstsq(x, y) == pytest.approx([1.0, 0.0])  # the mean, flat
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_nonnegative_lstsq_meets_the_optimality_conditions(seed):
+    """Random problems of 1 to 4 columns, many of them with a negative unconstrained
+    coefficient: the answer is feasible and optimal (KKT), and no worse than any other
+    non-negative point tried."""
+    rng = np.random.default_rng(seed)
+    k = 1 + seed % 4
+    x = rng.standard_normal((12, k))
+    y = rng.standard_normal(12)
+    coef = measure.nonnegative_lstsq(x, y)
+    assert kkt_holds(x, y, coef)
+    sse = ((x @ coef - y) ** 2).sum()
+    for other in np.abs(rng.standard_normal((200, k))):
+        assert sse <= ((x @ other - y) ** 2).sum() + 1e-12
 
 
 def test_fit_without_huge_pages_folds_the_table_cost_into_the_pte_cost():
@@ -133,6 +201,21 @@ def test_sizes_beyond_the_memory_limit_are_skipped_with_the_reason():
     assert "needs 0.06 GiB" in skip.reason and "memory_limit" in skip.reason
 
 
+def test_a_sparse_size_needs_a_page_and_two_tables_per_2_mib():
+    assert measure.memory_needed(1 * GiB, TABLE_SPAN) == 512 * 4096 + 2 * MiB + 2 * 512 * 4096
+    assert measure.memory_needed(1 * GiB) == 1 * GiB + 2 * MiB + 2 * 512 * 4096
+
+
+@linux_only
+def test_a_sparse_mapping_larger_than_memtotal_is_skipped_with_the_reason():
+    results = measure.run(sizes=["8M"], repeats=1, thp=("off",), memory_limit=1 << 50, progress=None,
+                          sparse_sizes=["1T"])
+    assert [r.size for r in results.rows] == [8 * MiB]
+    [skip] = results.skipped
+    assert (skip.size, skip.thp) == (1 << 40, "off")
+    assert skip.reason == "sparse: a mapping of 1024 GiB is more than MemTotal, which Linux may refuse to map"
+
+
 @linux_only
 def test_by_default_the_limit_is_half_of_memavailable():
     results = measure.run(sizes=["1T"], repeats=1, thp=("off",), progress=None)
@@ -146,6 +229,8 @@ def test_by_default_the_limit_is_half_of_memavailable():
     ({"repeats": 0}, "repeats"), ({"repeats": 1.5}, "repeats"), ({"repeats": True}, "repeats"),
     ({"thp": "on"}, "thp"), ({"thp": ("off", "off")}, "thp"), ({"thp": ("huge",)}, "thp"), ({"thp": ()}, "thp"),
     ({"memory_limit": 0}, "memory_limit"), ({"memory_limit": "1G"}, "memory_limit"),
+    ({"sparse_sizes": "64M"}, "sparse_sizes"), ({"sparse_sizes": [3 * MiB]}, "sparse_sizes"),
+    ({"sparse_sizes": ["8M", "8M"]}, "sparse_sizes"),
 ])
 def test_bad_run_arguments_raise_value_error_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
@@ -163,6 +248,10 @@ def test_other_bad_arguments_raise_value_error_naming_the_argument(tmp_path):
         measure.fit(synthetic(0.4, 51.0, 1.5), "exit")
     with pytest.raises(ValueError, match="^path"):
         measure.load(tmp_path / "results.txt")
+    with pytest.raises(ValueError, match="^x must"):
+        measure.nonnegative_lstsq(np.ones((3, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="^stride"):
+        measure.TouchedBuffer(2 * MiB, "off", stride=8192)
 
 
 def test_run_elsewhere_than_linux_says_it_needs_linux(monkeypatch):
@@ -181,7 +270,7 @@ def test_plot_draws_both_modes_and_the_prediction(tiny):
     try:
         ax_time, ax_pte = fig.axes
         labels = [line.get_label() for line in ax_time.lines]
-        assert "fork, THP off" in labels and "fitted fork" in labels
+        assert {"fork, every page, THP off", "fork, one page per 2 MiB, THP off", "fitted fork"} <= set(labels)
         [predicted] = [line for line in ax_pte.lines if line.get_label().startswith("ptsim")]
         assert list(predicted.get_ydata()) == sorted({r.predicted_vmpte_kb for r in results.rows})
     finally:
@@ -191,10 +280,11 @@ def test_plot_draws_both_modes_and_the_prediction(tiny):
 @linux_only
 def test_command_prints_the_table_and_saves_it(tmp_path, capsys):
     results = measure.main(["--min-size", "8M", "--max-size", "16M", "--repeats", "2", "--thp", "off",
-                            "--out", str(tmp_path)])
+                            "--sparse", "32M", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert out.startswith("ARG min_size 8 MiB\nARG max_size 16 MiB\n")
-    assert "   8 MiB off" in out and "  16 MiB off" in out and "ns per PTE" in out
+    assert "   8 MiB   every off" in out and "  16 MiB   every off" in out and "  32 MiB  sparse off" in out
+    assert "ns per PTE" in out and "us per table" in out
     assert measure.load(tmp_path) == results
     assert (tmp_path / "fork_cost.png").stat().st_size > 0
 

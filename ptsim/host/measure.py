@@ -2,7 +2,9 @@
 
 For each size of private anonymous memory, and with transparent huge pages off and on, this
 process maps a buffer, writes one byte of every 4 KiB page of it, and forks `repeats` times.
-Each child calls os._exit(0) at once. Two latencies are timed in the parent:
+Each child calls os._exit(0) at once. Sparse sizes (`sparse_sizes`) are measured the same way
+with THP off, but with one page written per 2 MiB: one PTE in every last-level table, which
+tells the cost per table apart from the cost per PTE. Two latencies are timed in the parent:
 
   fork             from just before os.fork() to just after it returns
   fork+exit+wait   from the same start to just after waitpid() has reaped the child
@@ -27,19 +29,22 @@ the real process already had most of them for its own mappings. On this project'
 buffer's growth was ptsim's figure less 8 kB at every size from 64 MiB to 4 GiB.
 
 The buffer starts on a 2 MiB boundary, so that its size decides how many last-level tables
-it needs and huge pages can cover all of it. `fit` then fits, by least squares,
+it needs and huge pages can cover all of it. `fit` then fits, by least squares with every
+cost held non-negative (`nonnegative_lstsq`),
 
     latency = fixed + per_pte * PTEs copied + per_table * tables
 
-where a row copies one PTE per 4 KiB page not in a huge page, and its child gets one table per
-2 MiB (copied, or deposited beside a huge PMD). With THP off every row has 512 PTEs per table,
-so the two costs can be told apart only with THP on rows as well.
+where a row copies one PTE per written 4 KiB page not in a huge page, and its child gets one
+table per 2 MiB (copied, or deposited beside a huge PMD). With every page written and THP off,
+every row has 512 PTEs per table, so the two costs cannot be told apart: it takes THP on rows
+(a table without PTEs, but beside a huge PMD, which may cost otherwise) or sparse rows (a
+table with one PTE) as well.
 
 Memory is bounded: a size runs only if its buffer, plus the page tables of parent and child
 (the child shares every page, copy-on-write, and exits at once), fits in `memory_limit`,
 by default half of MemAvailable when the run starts. Larger sizes are skipped with the reason.
 
-    results = run(sizes=["64M", "256M"], repeats=5, progress=ProgressBar())
+    results = run(sizes=["64M", "256M"], repeats=5, sparse_sizes=["1G"], progress=ProgressBar())
     save(results, "artifacts/measure"); results = load("artifacts/measure")
     print(format_table(results)); print(fit(results)); plot(results, fit(results))
 
@@ -126,11 +131,12 @@ def _check_size(name: str, size) -> None:
         raise ValueError(f"{name} must be a positive multiple of 2 MiB, not {shown}")
 
 
-def memory_needed(size: int) -> int:
-    """Host memory one size takes: the buffer (one table span more, to align it) and the page
-    tables mapping it in parent and child. The child touches nothing, so it copies no page."""
-    table_bytes = size // PAGE_SIZE * X86_64.entry_bytes
-    return size + TABLE_SPAN + 2 * table_bytes
+def memory_needed(size: int, stride: int = PAGE_SIZE) -> int:
+    """Host memory one size takes, one page written per `stride` bytes: those pages (and one
+    table span more, to align the buffer) and the last-level tables mapping it in parent and
+    child. The child touches nothing, so it copies no page."""
+    table_bytes = size // TABLE_SPAN * PAGE_SIZE
+    return size // stride * PAGE_SIZE + TABLE_SPAN + 2 * table_bytes
 
 
 # -- the host --------------------------------------------------------------------------------
@@ -198,13 +204,16 @@ def machine_info() -> dict:
 
 
 class TouchedBuffer:
-    """A private anonymous mapping, `size` bytes of it from a 2 MiB boundary written page by
-    page, 4 KiB pages only (thp "off", MADV_NOHUGEPAGE) or huge pages asked for (thp "on",
+    """A private anonymous mapping, `size` bytes of it from a 2 MiB boundary written one page
+    per `stride` bytes (every page by default; TABLE_SPAN writes one page per last-level
+    table), 4 KiB pages only (thp "off", MADV_NOHUGEPAGE) or huge pages asked for (thp "on",
     MADV_HUGEPAGE). The advice is given before the first write, which decides the page size."""
 
-    def __init__(self, size: int, thp: str = "off"):
+    def __init__(self, size: int, thp: str = "off", stride: int = PAGE_SIZE):
         if thp not in THP_MODES:
             raise ValueError(f"thp must be one of {THP_MODES}, not {thp!r}")
+        if stride not in (PAGE_SIZE, TABLE_SPAN):
+            raise ValueError(f"stride must be {PAGE_SIZE} or {TABLE_SPAN}, not {stride!r}")
         advice = {"off": mmap.MADV_NOHUGEPAGE, "on": mmap.MADV_HUGEPAGE}[thp]
         self.size = size
         self._map = mmap.mmap(-1, size + TABLE_SPAN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -213,11 +222,11 @@ class TouchedBuffer:
         start = whole.__array_interface__["data"][0]
         skip = -start % TABLE_SPAN
         self.address = start + skip
-        self._pages = whole[skip : skip + size : PAGE_SIZE]  # one byte of every page
+        self._pages = whole[skip : skip + size : stride]  # one byte of every page written
         self.write_every_page()
 
     def write_every_page(self) -> None:
-        """Allocate every page the first time; after a fork, make every PTE writable again."""
+        """Allocate every page written the first time; after a fork, make their PTEs writable again."""
         self._pages[:] = 1
 
     def close(self) -> None:
@@ -308,6 +317,7 @@ class Row:
     vmpte_child_kb: int  # a child's VmPTE (it copies no table of a file mapping with no anon page)
     anon_huge_kb: int  # what AnonHugePages gained: the buffer's huge pages
     predicted_vmpte_kb: int  # ptsim's VmPTE for the same range (predict_vmpte_kb)
+    stride: int = PAGE_SIZE  # one page written per stride bytes: every page, or one per table (TABLE_SPAN)
 
     @property
     def fork_ms(self) -> float:
@@ -319,8 +329,13 @@ class Row:
 
     @property
     def ptes(self) -> int:
-        """PTEs fork copies for the buffer: one per 4 KiB page outside the huge pages."""
-        return max(self.size - self.anon_huge_kb * KiB, 0) // PAGE_SIZE
+        """PTEs fork copies for the buffer: one per written 4 KiB page outside the huge pages."""
+        return max(self.size - self.anon_huge_kb * KiB, 0) // self.stride
+
+    @property
+    def sparse(self) -> bool:
+        """One page written per last-level table, not every page."""
+        return self.stride == TABLE_SPAN
 
     @property
     def tables(self) -> int:
@@ -328,7 +343,7 @@ class Row:
         return self.size // TABLE_SPAN
 
 
-DERIVED = ("fork_ms", "fork_wait_ms", "ptes", "tables")  # saved for readers, recomputed on load
+DERIVED = ("fork_ms", "fork_wait_ms", "ptes", "tables", "sparse")  # saved for readers, recomputed on load
 
 
 @dataclass
@@ -381,68 +396,78 @@ class ProgressBar:
         self.bar.max, self.bar.value, self.label.value = total, done, message
 
 
-def measure_size(size: int, thp: str, repeats: int) -> Row:
-    """Time `repeats` forks of this process holding a touched buffer of `size` bytes."""
+def measure_size(size: int, thp: str, repeats: int, stride: int = PAGE_SIZE) -> Row:
+    """Time `repeats` forks of this process holding a buffer of `size` bytes, one page of it
+    written per `stride` bytes."""
     vmpte_before, huge_before = read_status()["VmPTE"], process_anon_huge_kb()
-    with TouchedBuffer(size, thp) as buf:
+    with TouchedBuffer(size, thp, stride) as buf:
         vmpte = read_status()["VmPTE"]
         huge = max(process_anon_huge_kb() - huge_before, 0)
         forks, waits = time_forks(buf, repeats)
         child_kb = child_vmpte_kb()
         address = buf.address
     return Row(size, thp, address, forks, waits, vmpte, vmpte - vmpte_before, child_kb, huge,
-               predict_vmpte_kb(address, size))
+               predict_vmpte_kb(address, size), stride)
 
 
-def _check_run_args(sizes, repeats, thp, memory_limit) -> list[int]:
-    if sizes is None:
-        sizes = default_sizes()
-    elif isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
-        raise ValueError(f"sizes must be a list of sizes, not {sizes!r}")
+def _check_sizes(name: str, sizes, at_least: int) -> list[int]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise ValueError(f"{name} must be a list of sizes, not {sizes!r}")
     try:
         sizes = [parse_size(s) if isinstance(s, str) else s for s in sizes]
     except ValueError as e:
-        raise ValueError(f"sizes: {e}") from None
+        raise ValueError(f"{name}: {e}") from None
     for s in sizes:
-        _check_size("sizes", s)
-    if not sizes or len(set(sizes)) != len(sizes):
-        raise ValueError(f"sizes must be distinct and at least one, not {sizes!r}")
+        _check_size(name, s)
+    if len(sizes) < at_least or len(set(sizes)) != len(sizes):
+        raise ValueError(f"{name} must be distinct and at least {at_least}, not {sizes!r}")
+    return sorted(sizes)
+
+
+def _check_run_args(sizes, repeats, thp, memory_limit, sparse_sizes) -> tuple[list[int], list[int]]:
+    sizes = _check_sizes("sizes", default_sizes() if sizes is None else sizes, 1)
+    sparse_sizes = _check_sizes("sparse_sizes", sparse_sizes, 0)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, not {repeats!r}")
     if isinstance(thp, str) or not thp or len(set(thp)) != len(thp) or not set(thp) <= set(THP_MODES):
         raise ValueError(f"thp must be distinct modes among {THP_MODES}, not {thp!r}")
     if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit <= 0):
         raise ValueError(f"memory_limit must be a positive number of bytes, not {memory_limit!r}")
-    return sorted(sizes)
+    return sizes, sparse_sizes
 
 
-def _plan(sizes: list[int], thp, memory_limit: int, limit_says: str) -> tuple[list[tuple[int, str]], list[Skipped]]:
-    """Which (size, thp) pairs run, in order, and which are skipped and why."""
+def _plan(sizes: list[int], thp, sparse_sizes: list[int], memory_limit: int, limit_says: str,
+          mem_total: int) -> tuple[list[tuple[int, str, int]], list[Skipped]]:
+    """Which (size, thp, stride) run, in order, and which are skipped and why."""
     thp_enabled = thp_setting("enabled")
     todo, skipped = [], []
-    for size in sizes:
-        for mode in thp:
-            if memory_needed(size) > memory_limit:
-                reason = (f"needs {memory_needed(size) / GiB:.2f} GiB (buffer and page tables), "
-                          f"more than the limit of {memory_limit / GiB:.2f} GiB ({limit_says})")
-            elif mode == "on" and thp_enabled in (None, "never"):
-                reason = f"transparent huge pages are {thp_enabled or 'not built'} on this kernel"
-            else:
-                todo.append((size, mode))
-                continue
-            skipped.append(Skipped(size, mode, reason))
+    wanted = [(size, mode, PAGE_SIZE) for size in sizes for mode in thp]
+    for size, mode, stride in wanted + [(size, "off", TABLE_SPAN) for size in sparse_sizes]:
+        if memory_needed(size, stride) > memory_limit:
+            reason = (f"needs {memory_needed(size, stride) / GiB:.2f} GiB (pages written and page tables), "
+                      f"more than the limit of {memory_limit / GiB:.2f} GiB ({limit_says})")
+        elif size + TABLE_SPAN > mem_total:
+            reason = f"a mapping of {format_size(size)} is more than MemTotal, which Linux may refuse to map"
+        elif mode == "on" and thp_enabled in (None, "never"):
+            reason = f"transparent huge pages are {thp_enabled or 'not built'} on this kernel"
+        else:
+            todo.append((size, mode, stride))
+            continue
+        skipped.append(Skipped(size, mode, ("sparse: " if stride == TABLE_SPAN else "") + reason))
     return todo, skipped
 
 
 def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[str, ...] = THP_MODES,
-        memory_limit: int | None = None, progress: Progress | None = print_progress) -> Results:
-    """Measure fork at every size (default 64 MiB to 4 GiB, doubling) with THP off and on.
+        memory_limit: int | None = None, progress: Progress | None = print_progress,
+        sparse_sizes: Iterable[int | str] = ()) -> Results:
+    """Measure fork at every size (default 64 MiB to 4 GiB, doubling) with THP off and on,
+    every page written; then at every sparse size, THP off, one page written per 2 MiB.
 
-    sizes: bytes or strings such as "64M", each a multiple of 2 MiB. repeats: forks per size;
-    the medians are reported. memory_limit: bytes one size may use (default half of
-    MemAvailable). progress(done, total, message) is called before the first size and after
-    each; None is silent."""
-    sizes = _check_run_args(sizes, repeats, thp, memory_limit)
+    sizes, sparse_sizes: bytes or strings such as "64M", each a multiple of 2 MiB. repeats:
+    forks per size; the medians are reported. memory_limit: bytes one size may use (default
+    half of MemAvailable). progress(done, total, message) is called before the first size and
+    after each; None is silent."""
+    sizes, sparse_sizes = _check_run_args(sizes, repeats, thp, memory_limit, sparse_sizes)
     require_linux()
     started = time.perf_counter()
     machine = machine_info()
@@ -451,7 +476,7 @@ def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[s
         limit_says = f"half of MemAvailable, {machine['mem_available_kb'] * KiB / GiB:.2f} GiB"
     else:
         limit_says = "memory_limit"
-    todo, skipped = _plan(sizes, thp, memory_limit, limit_says)
+    todo, skipped = _plan(sizes, thp, sparse_sizes, memory_limit, limit_says, machine["mem_total_kb"] * KiB)
     report = progress or (lambda done, total, message: None)
     report(0, len(todo), f"{len(todo)} measurements, {repeats} forks each"
            + "".join(f"; skipping {format_size(s.size)} THP {s.thp}: {s.reason}" for s in skipped))
@@ -465,8 +490,8 @@ def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             measure_size(WARM_UP_SIZE, "off", 2)  # every path once, untimed
-            for done, (size, mode) in enumerate(todo, 1):
-                rows.append(measure_size(size, mode, repeats))
+            for done, (size, mode, stride) in enumerate(todo, 1):
+                rows.append(measure_size(size, mode, repeats, stride))
                 report(done, len(todo), _row_summary(rows[-1]))
     finally:
         if gc_was_enabled:
@@ -476,16 +501,41 @@ def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[s
 
 
 def _row_summary(r: Row) -> str:
-    return (f"{format_size(r.size)}, THP {r.thp}: fork {r.fork_ms:.2f} ms, fork+exit+wait {r.fork_wait_ms:.2f} ms, "
+    return (f"{format_size(r.size)}{', sparse' if r.sparse else ''}, THP {r.thp}: fork {r.fork_ms:.2f} ms, fork+exit+wait {r.fork_wait_ms:.2f} ms, "
             f"VmPTE +{r.vmpte_buffer_kb} kB (ptsim {r.predicted_vmpte_kb} kB), huge pages {r.anon_huge_kb // 1024} MiB")
 
 
 # -- the cost model --------------------------------------------------------------------------
 
 
+def nonnegative_lstsq(x, y) -> np.ndarray:
+    """The coefficients c >= 0 that minimise |x @ c - y|: least squares with no coefficient
+    negative, for the few columns of a cost model. The best such c has some coefficients at 0
+    and the others equal to the unconstrained least squares on their own columns (where a
+    constraint does not bind, the gradient vanishes), so trying every subset of the columns,
+    keeping the fits with no negative coefficient, and taking the one that leaves the least
+    residual finds it exactly: 2**k small solves for k columns."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 2 or x.shape[0] != y.shape[0] or not 1 <= x.shape[1] <= 8:
+        raise ValueError(f"x must be a matrix of 1 to 8 columns with a row per value of y, not {x.shape}")
+    best, best_sse = np.zeros(x.shape[1]), float(y @ y)  # every coefficient at 0
+    for subset in range(1, 1 << x.shape[1]):
+        columns = [j for j in range(x.shape[1]) if subset >> j & 1]
+        part, *_ = np.linalg.lstsq(x[:, columns], y, rcond=None)
+        if (part < 0).any():
+            continue
+        coef = np.zeros(x.shape[1])
+        coef[columns] = part
+        sse = float(((y - x @ coef) ** 2).sum())
+        if sse < best_sse * (1 - 1e-12):  # the same residual from more columns is no better
+            best, best_sse = coef, sse
+    return best
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """latency = fixed_ms + ns_per_pte * PTEs copied + us_per_table * tables, fitted."""
+    """latency = fixed_ms + ns_per_pte * PTEs copied + us_per_table * tables, fitted with
+    every term non-negative."""
 
     latency: str  # "fork" or "fork_wait"
     fixed_ms: float
@@ -493,6 +543,7 @@ class CostModel:
     us_per_table: float | None  # None: every row had 512 PTEs per table, so the two mix
     r2: float
     points: int
+    at_zero: tuple[str, ...] = ()  # terms at their bound, 0: freeing them would make some cost negative
 
     def predict_ms(self, ptes, tables):
         """The model's latency in ms for arrays (or numbers) of PTEs and tables."""
@@ -505,15 +556,21 @@ class CostModel:
         terms = [f"{self.fixed_ms:.3f} ms", f"{self.ns_per_pte:.1f} ns per PTE"]
         if self.us_per_table is not None:
             terms.append(f"{self.us_per_table:.2f} us per table")
-        sums = " ".join(f"{'-' if t.startswith('-') else '+'} {t.removeprefix('-')}" for t in terms[1:])
-        return f"{LATENCIES[self.latency]} = {terms[0]} {sums}  (R^2 {self.r2:.4f}, {self.points} rows)"
+        held = f", held at 0: {', '.join(self.at_zero)}" if self.at_zero else ""
+        return f"{LATENCIES[self.latency]} = {' + '.join(terms)}  (R^2 {self.r2:.4f}, {self.points} rows{held})"
+
+
+COST_TERMS = ("fixed", "per PTE", "per table")
 
 
 def fit(results: Results, latency: str = "fork") -> CostModel:
-    """Least squares over the rows' medians. The largest rows weigh most, so the per-PTE cost
-    is the slope of the large sizes, where it dominates; the fixed cost then fits the small
-    rows less well (see the R^2). The per-table cost is fitted only when some rows have huge pages: with 4 KiB pages only,
-    there are always 512 PTEs per table and the two costs cannot be told apart."""
+    """Least squares over the rows' medians, no cost negative (`nonnegative_lstsq`): a cost
+    that least squares alone would make negative is held at 0 and named in `at_zero`. The
+    largest rows weigh most, so the per-PTE cost is the slope of the large sizes, where it
+    dominates; the fixed cost then fits the small rows less well (see the R^2). The per-table
+    cost is fitted only when some rows have other than 512 PTEs per table (huge pages, or
+    sparse rows): otherwise the two costs cannot be told apart, and the per-PTE cost includes
+    a 512th of the per-table one."""
     y = results.latency_ms(latency)
     if len(y) < 2:
         raise ValueError(f"results must have at least 2 measured rows to fit, not {len(y)}")
@@ -522,12 +579,13 @@ def fit(results: Results, latency: str = "fork") -> CostModel:
     x = np.column_stack([np.ones_like(y), ptes / 1e6, tables / 1e3])  # ms per million PTEs = ns per PTE
     if len(y) < 3 or np.linalg.matrix_rank(x) < 3:
         x = x[:, :2]
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    coef = nonnegative_lstsq(x, y)
     residual = y - x @ coef
     spread = float(((y - y.mean()) ** 2).sum())
     r2 = 1 - float((residual**2).sum()) / spread if spread else 1.0
     per_table = float(coef[2]) if len(coef) == 3 else None
-    return CostModel(latency, float(coef[0]), float(coef[1]), per_table, r2, len(y))
+    at_zero = tuple(term for term, c in zip(COST_TERMS, coef) if c == 0)
+    return CostModel(latency, float(coef[0]), float(coef[1]), per_table, r2, len(y), at_zero)
 
 
 # -- saving and loading ----------------------------------------------------------------------
@@ -569,7 +627,7 @@ def load(path: str | os.PathLike) -> Results:
         raise ValueError(f"path must be a directory, a .json or a .csv file, not {str(path)!r}")
     if path.suffix == ".json":
         data = json.loads(path.read_text())
-        rows = [Row(**{name: r[name] for name, _ in ROW_FIELDS}) for r in data.pop("rows")]
+        rows = [Row(**{name: r[name] for name, _ in ROW_FIELDS if name in r}) for r in data.pop("rows")]
     else:
         data, lines = {"skipped": []}, path.read_text().splitlines()
         comments = [line[2:] for line in lines if line.startswith("# ")]
@@ -579,7 +637,8 @@ def load(path: str | os.PathLike) -> Results:
             else:
                 data[key] = json.loads(value)
         table = csv.DictReader(line for line in lines if not line.startswith("#"))
-        rows = [Row(**{name: parse(r[name]) for name, parse in ROW_FIELDS}) for r in table]
+        rows = [Row(**{name: parse(r[name]) for name, parse in ROW_FIELDS if r.get(name) is not None})
+                for r in table]
     skipped = [Skipped(**s) for s in data.pop("skipped")]
     return Results(rows, skipped, **data)
 
@@ -589,52 +648,77 @@ def load(path: str | os.PathLike) -> Results:
 
 def format_table(results: Results) -> str:
     """The medians and page-table sizes, a line per row, then what was skipped and why."""
-    lines = [f"median of {results.repeats} forks; VmPTE in kB; huge: MiB of the buffer in huge pages",
-             f"{'size':>8} {'THP':>3} {'fork ms':>8} {'+exit+wait':>10} {'huge':>6} "
+    lines = [f"median of {results.repeats} forks; written: every page, or one per 2 MiB (sparse); "
+             "huge: MiB of the buffer in huge pages;",
+             "PTEs and tables: what fork copies for the buffer (tables: copied, or deposited beside a huge PMD); VmPTE in kB",
+             f"{'size':>8} {'written':>7} {'THP':>3} {'fork ms':>8} {'+exit+wait':>10} {'huge':>5} {'PTEs':>7} {'tables':>6} "
              f"{'VmPTE buffer':>12} {'ptsim':>6} {'parent':>7} {'child':>6}"]
     for r in results.rows:
-        lines.append(f"{format_size(r.size):>8} {r.thp:>3} {r.fork_ms:8.2f} {r.fork_wait_ms:10.2f} {r.anon_huge_kb // 1024:6} "
+        lines.append(f"{format_size(r.size):>8} {'sparse' if r.sparse else 'every':>7} {r.thp:>3} {r.fork_ms:8.2f} "
+                     f"{r.fork_wait_ms:10.2f} {r.anon_huge_kb // 1024:5} {r.ptes:7} {r.tables:6} "
                      f"{r.vmpte_buffer_kb:12} {r.predicted_vmpte_kb:6} {r.vmpte_parent_kb:7} {r.vmpte_child_kb:6}")
     lines += [f"skipped {format_size(s.size)} THP {s.thp}: {s.reason}" for s in results.skipped]
     return "\n".join(lines)
 
 
 def plot(results: Results, model: CostModel | None = None):
-    """A Figure: fork latencies against size with THP off and on (and `model`'s line, if
-    given), and VmPTE against size, measured beside ptsim's prediction."""
+    """A Figure of the book's width: fork latencies against size, every page written with THP
+    off and on and sparse (and `model`'s line, if given), and VmPTE against size, measured
+    beside ptsim's prediction; one legend under both."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
-    fig, (ax_time, ax_pte) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    model_label = model and f"fitted {LATENCIES[model.latency]}"
-    for mode, marker, color in zip(THP_MODES, "os", ("tab:blue", "tab:orange")):
-        rows = [r for r in results.rows if r.thp == mode]
+    from ..draw import style
+
+    fig, (ax_time, ax_pte) = plt.subplots(1, 2, figsize=(style.WIDTH, 5.0), layout="constrained")
+    series = [("every page, THP off", "o", style.BLUE, lambda r: r.thp == "off" and not r.sparse),
+              ("every page, THP on", "s", style.ORANGE, lambda r: r.thp == "on"),
+              ("one page per 2 MiB, THP off", "^", style.GREEN, lambda r: r.sparse)]
+    handles = []
+    for name, marker, color, chosen in series:
+        rows = [r for r in results.rows if chosen(r)]
         if not rows:
             continue
+        handles.append(Line2D([], [], marker=marker, color=color, linestyle="none", label=name))
         mib = [r.size / MiB for r in rows]
-        ax_time.plot(mib, [r.fork_ms for r in rows], marker=marker, color=color, label=f"fork, THP {mode}")
+        ax_time.plot(mib, [r.fork_ms for r in rows], marker=marker, color=color, label=f"fork, {name}")
         ax_time.plot(mib, [r.fork_wait_ms for r in rows], marker=marker, color=color, linestyle="--",
-                     markerfacecolor="none", label=f"fork+exit+wait, THP {mode}")
+                     markerfacecolor="none", label=f"fork+exit+wait, {name}")
         if model is not None:
-            ax_time.plot(mib, model.predict_ms([r.ptes for r in rows], [r.tables for r in rows]), color="black",
-                         linewidth=0.8, label=model_label)
-            model_label = None  # one legend entry for the model's lines
+            ax_time.plot(mib, model.predict_ms([r.ptes for r in rows], [r.tables for r in rows]), color=style.BLACK,
+                         linewidth=0.8, label=f"fitted {LATENCIES[model.latency]}")
         ax_pte.plot(mib, [r.vmpte_buffer_kb for r in rows], marker=marker, color=color, linestyle="none",
-                    markersize=9 if mode == "off" else 5, label=f"measured: what the buffer added, THP {mode}")
+                    markersize=9 if chosen is series[0][3] else 5, label=f"measured: what the buffer added, {name}")
     by_size = {r.size: r.predicted_vmpte_kb for r in results.rows}
-    ax_pte.plot([s / MiB for s in sorted(by_size)], [by_size[s] for s in sorted(by_size)], color="black",
-                linewidth=0.8, label="ptsim: VmPTE of the same mapping")
+    ax_pte.plot([s / MiB for s in sorted(by_size)], [by_size[s] for s in sorted(by_size)], color=style.BLACK,
+                linewidth=1.2, linestyle=":", label="ptsim: VmPTE of the same mapping")
+    handles += [Line2D([], [], color=style.BLACK, marker="o", label="fork (left)"),
+                Line2D([], [], color=style.BLACK, marker="o", markerfacecolor="none", linestyle="--",
+                       label="fork+exit+wait (left)")]
+    if model is not None:
+        handles.append(Line2D([], [], color=style.BLACK, linewidth=0.8, label=f"fitted {LATENCIES[model.latency]} (left)"))
+    handles.append(Line2D([], [], color=style.BLACK, linewidth=1.2, linestyle=":", label="ptsim's VmPTE (right)"))
+
+    def plain(value, _):
+        return f"{value:g}"
+
+    def twos_and_fives(value, _):
+        return f"{value:g}" if round(value / 10 ** np.floor(np.log10(value))) in (2, 5) else ""
+
     for ax, ylabel, title in ((ax_time, "ms (median)", "fork on this machine"),
-                              (ax_pte, "VmPTE, kB", "page tables: measured and predicted")):
+                              (ax_pte, "VmPTE the buffer added, kB", "page tables: measured and predicted")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([s / MiB for s in sorted(by_size)], [format_size(s) for s in sorted(by_size)], rotation=30)
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("touched private memory")
+        ax.yaxis.set_major_formatter(FuncFormatter(plain))
+        ax.yaxis.set_minor_formatter(FuncFormatter(twos_and_fives))
+        ax.set_xlabel("size of the buffer")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize="small")
         ax.grid(True, which="both", alpha=0.3)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
@@ -657,6 +741,9 @@ def main(argv: list[str] | None = None) -> Results:
                         help="largest size; the sizes double from the smallest (default 4G)")
     parser.add_argument("--repeats", type=int, default=5, help="forks per size; the median is printed (default 5)")
     parser.add_argument("--thp", default="off,on", help="THP modes, comma-separated (default off,on)")
+    parser.add_argument("--sparse", default="",
+                        help="sizes measured again with one page written per 2 MiB, THP off, comma-separated "
+                             "(such as 1G,2G,4G; default none)")
     parser.add_argument("--memory-limit", type=_size_arg, help="bytes one size may use (default half of MemAvailable)")
     parser.add_argument("--out", default="artifacts/measure",
                         help="directory for the CSV, JSON and PNG (default artifacts/measure)")
@@ -671,7 +758,8 @@ def main(argv: list[str] | None = None) -> Results:
               f"{m['mem_total_kb'] / (1 << 20):.1f} GiB, MemAvailable {m['mem_available_kb'] / (1 << 20):.1f} GiB, "
               f"THP enabled={m['thp_enabled']} defrag={m['thp_defrag']}")
         print(f"python {m['python']}, numpy {m['numpy']}, load average {m['load_average']}\n", flush=True)
-        results = run(sizes, args.repeats, tuple(args.thp.split(",")), args.memory_limit)
+        sparse = [parse_size(size) for size in args.sparse.split(",") if size]
+        results = run(sizes, args.repeats, tuple(args.thp.split(",")), args.memory_limit, sparse_sizes=sparse)
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))
     print(format_table(results))
