@@ -8,7 +8,6 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -470,33 +469,6 @@ def test_pte_bits_bad_arguments_raise_value_error():
 A = 0x1000  # the chapters' toy examples start here, on a last-level table boundary
 
 
-class _Recorder(RendererAgg):
-    """Draws as Agg does, and keeps every text it draws with its size in points: tick labels,
-    legends, annotations, table cells, whatever the artist."""
-
-    def __init__(self, width, height, dpi):
-        super().__init__(width, height, dpi)
-        self.texts = []
-
-    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
-        if s.strip():
-            self.texts.append((s, prop.get_size_in_points()))
-        return super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
-
-
-def shown_texts(fig, box=None):
-    """(text, px) for every text `fig` draws, as the reader sees it. box None: as the notebook
-    shows a figure (its tight box plus padding at its dpi, scaled down to the output's width);
-    a number: as a widget shows its picture (saved at the figure's dpi, 100 % of `box` px)."""
-    width, height = fig.get_size_inches()
-    renderer = _Recorder(width * fig.dpi, height * fig.dpi, fig.dpi)
-    fig.draw(renderer)
-    if box is None:
-        tight = fig.get_tightbbox(renderer).width + 2 * style.PAD
-        return [(s, style.shown_px(pt, tight, fig.dpi)) for s, pt in renderer.texts]
-    return [(s, style.shown_px(pt, width, fig.dpi, box, fill=True)) for s, pt in renderer.texts]
-
-
 def toy_written_then_read(policy="shared", children=0):
     """Chapters 2, 4 and 5: pages 0-2 of 8 at A written, page 4 read; then `children` forks."""
     m = ptsim.Machine(arch="toy", policy=policy, ram=16 << 10)
@@ -635,7 +607,7 @@ def assert_readable(name, texts):
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_every_figure_text_readable_at_the_notebooks_width(name):
-    assert_readable(name, shown_texts(FIGURES[name]()))
+    assert_readable(name, style.shown_texts(FIGURES[name]()))
 
 
 def lab_pictures(side_by_side):
@@ -655,16 +627,16 @@ def lab_pictures(side_by_side):
 def test_lab_pictures_readable_in_their_column(side_by_side):
     box = style.OUTPUT_PX / (2 if side_by_side else 1)  # each picture fills its column
     for name, fig in lab_pictures(side_by_side):
-        assert_readable(f"Lab(side_by_side={side_by_side}) {name}", shown_texts(fig, box))
+        assert_readable(f"Lab(side_by_side={side_by_side}) {name}", style.shown_texts(fig, box))
 
 
 def test_stepper_and_cost_pictures_readable_at_the_output_width():
     m, _, (c,) = toy_written_then_read(children=1)
     stepper = Stepper(m, lambda: c.write(A + 2 * 64, b"s"))
     for k in range(1, len(stepper) + 1):
-        assert_readable(f"Stepper step {k}", shown_texts(stepper.figure_at(k), style.OUTPUT_PX))
+        assert_readable(f"Stepper step {k}", style.shown_texts(stepper.figure_at(k), style.OUTPUT_PX))
     explorer = CostExplorer(sizes_mib=(1, 2))
-    assert_readable("CostExplorer", shown_texts(explorer.figure(), style.OUTPUT_PX))
+    assert_readable("CostExplorer", style.shown_texts(explorer.figure(), style.OUTPUT_PX))
 
 
 def test_the_rule_fails_text_too_small_for_the_width():
@@ -672,7 +644,7 @@ def test_the_rule_fails_text_too_small_for_the_width():
     fig = Figure(figsize=(10, 2))
     fig.text(0.5, 0.5, "small", fontsize=7)
     fig.text(0.5, 0.2, "large", fontsize=10)
-    shown = dict(shown_texts(fig))
+    shown = dict(style.shown_texts(fig))
     assert shown["small"] < style.MIN_PX <= shown["large"]
     assert style.shown_px(style.smallest_points(fig), 10 + 2 * style.PAD) == pytest.approx(style.MIN_PX)
 

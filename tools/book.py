@@ -40,20 +40,25 @@ def execute(path, *, write):
     """Run the notebook at `path` top to bottom in a fresh kernel, from its own folder as nbval
     does; store the outputs in place if `write`. Returns (code cells, seconds)."""
     nb = nbformat.read(path, as_version=4)
+    seconds = run(nb, Path(path).parent)
+    if write:
+        nbformat.write(nb, path)
+    return sum(cell.cell_type == "code" for cell in nb.cells), seconds
+
+
+def run(nb, folder):
+    """Execute `nb` in place, in a fresh kernel started in `folder`. Returns the seconds taken."""
     client = NotebookClient(
         nb,
         kernel_name="python3",
         timeout=CELL_TIMEOUT_SECONDS,
-        resources={"metadata": {"path": str(Path(path).parent)}},
+        resources={"metadata": {"path": str(folder)}},
         # Wall-clock stamps in every cell's metadata would change the file on every run.
         record_timing=False,
     )
     start = time.perf_counter()
     client.execute()
-    seconds = time.perf_counter() - start
-    if write:
-        nbformat.write(nb, path)
-    return sum(cell.cell_type == "code" for cell in nb.cells), seconds
+    return time.perf_counter() - start
 
 
 def _resolve(name):

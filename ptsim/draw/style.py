@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
@@ -90,6 +91,33 @@ def smallest_points(fig) -> float:
     box taken as the whole figure and the padding (text inside a constrained layout reaches
     no further)."""
     return MIN_PX / shown_px(1.0, fig.get_figwidth() + 2 * PAD, fig.dpi)
+
+
+class _Recorder(RendererAgg):
+    """Draws as Agg does, and keeps every text it draws with its size in points: tick labels,
+    legends, annotations, table cells, whatever the artist."""
+
+    def __init__(self, width, height, dpi):
+        super().__init__(width, height, dpi)
+        self.texts = []
+
+    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if s.strip():
+            self.texts.append((s, prop.get_size_in_points()))
+        return super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+
+
+def shown_texts(fig, box: float | None = None) -> list[tuple[str, float]]:
+    """(text, px) for every text `fig` draws, as the reader sees it. box None: as the notebook
+    shows a figure (its tight box plus padding at its dpi, scaled down to the output's width);
+    a number: as a widget shows its picture (saved at the figure's dpi, 100 % of `box` px)."""
+    width, height = fig.get_size_inches()
+    renderer = _Recorder(width * fig.dpi, height * fig.dpi, fig.dpi)
+    fig.draw(renderer)
+    if box is None:
+        tight = fig.get_tightbbox(renderer).width + 2 * PAD
+        return [(s, shown_px(pt, tight, fig.dpi)) for s, pt in renderer.texts]
+    return [(s, shown_px(pt, width, fig.dpi, box, fill=True)) for s, pt in renderer.texts]
 
 
 _TO_PATH = TextToPath()
