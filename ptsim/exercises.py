@@ -324,7 +324,7 @@ def arch_is(name: str) -> Callable[[Machine | Process], tuple[bool, str]]:
         have = _machine(machine).arch.name
         if have != name:
             return False, f'this machine is {have}, and the task asks for {name}: build it with ptsim.Machine(arch="{name}", ...)'
-        return True, f"a {name} machine"
+        return True, f"the machine is {name}"
 
     return goal
 

@@ -235,7 +235,7 @@ def test_arch_goal_rejects_another_geometry_saying_which():
     assert Challenge("?", use_count_is(3)).check(big)  # the count alone is met...
     assert str(ch.check(big)) == 'Not yet: this machine is x86_64, and the task asks for toy: build it with ptsim.Machine(arch="toy", ...).'
     m = three_sharers()[0]
-    assert str(ch.check(m)).startswith("Right: a toy machine; the pte table in frame")
+    assert str(ch.check(m)).startswith("Right: the machine is toy; the pte table in frame")
 
 
 def test_status_goal_reads_vmpte():
