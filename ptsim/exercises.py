@@ -18,8 +18,13 @@ read-only inspectors that questions, goals and explanations use (`use_count`, `l
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
+import random
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -68,6 +73,42 @@ class Verdict:
         return self.text
 
     __repr__ = __str__
+
+
+# -- who is answering ----------------------------------------------------------------------
+
+# The student a notebook's per-student problems are made for, when nothing names one: the
+# reader of the book (and the stored outputs nbval compares).
+READER = "reader"
+# nbgrader runs a submission from <course>/submitted/<student id>/<assignment>/ (autograde
+# copies it to autograded/<student id>/<assignment>/ first): the student's id is in the path.
+_NBGRADER_PATH = re.compile(r"/(?:submitted|autograded|feedback)/([^/]+)/[^/]+/?$")
+
+
+def student_id(name: str | None = None) -> str:
+    """Whose problems to make: `name` if given; else $PTSIM_STUDENT; else the student whose
+    submission nbgrader is grading (read from the working directory, submitted/<id>/<assignment>);
+    else $JUPYTERHUB_USER (a class's hub); else READER, the book's reader."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name must be a non-empty string (a student id), not {name!r}")
+        return name.strip()
+    if os.environ.get("PTSIM_STUDENT", "").strip():
+        return os.environ["PTSIM_STUDENT"].strip()
+    graded = _NBGRADER_PATH.search(Path.cwd().as_posix())
+    if graded:
+        return graded.group(1)
+    return os.environ.get("JUPYTERHUB_USER", "").strip() or READER
+
+
+def student_rng(key: str, student: str | None = None) -> random.Random:
+    """The random numbers of problem `key` for `student` (see `student_id`): the same on every
+    machine and Python version (a SHA-256 of both, not Python's salted hash), and different
+    for every student and every problem."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be a non-empty string naming the problem, not {key!r}")
+    digest = hashlib.sha256(f"{student_id(student)}\0{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 # -- answers -----------------------------------------------------------------------------

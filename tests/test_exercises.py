@@ -539,3 +539,41 @@ def test_cli_echoes_arguments_first_and_answers_only_with_c(capsys):
 def test_cli_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "ptsim.quiz", "-t", "cow", "-s", "1", "-n", "1", "-c"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("ARG topic cow\nARG seed 1\nARG num 1\nARG compute True\n") and "Answer: [" in out
+
+
+# -- per-student problems ---------------------------------------------------------------------
+
+
+def test_student_id_is_the_name_then_the_environment_then_nbgrader_then_the_hub(monkeypatch, tmp_path):
+    from ptsim.exercises import READER, student_id
+
+    for var in ("PTSIM_STUDENT", "JUPYTERHUB_USER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert student_id() == READER
+    monkeypatch.setenv("JUPYTERHUB_USER", "hubuser")
+    assert student_id() == "hubuser"
+    graded = tmp_path / "course" / "autograded" / "s1234" / "lab1"
+    graded.mkdir(parents=True)
+    monkeypatch.chdir(graded)
+    assert student_id() == "s1234"  # nbgrader's student beats the hub's user (the grader's)
+    monkeypatch.setenv("PTSIM_STUDENT", " ada ")
+    assert student_id() == "ada"
+    assert student_id("grace") == "grace"
+    for bad in ("", "  ", 7):
+        with pytest.raises(ValueError, match="name must be a non-empty string"):
+            student_id(bad)
+
+
+def test_student_rng_is_the_same_everywhere_and_differs_by_student_and_problem():
+    from ptsim.exercises import student_rng
+
+    draws = {(s, k): student_rng(k, s).getrandbits(64) for s in ("ada", "grace") for k in ("4.1", "4.2")}
+    assert len(set(draws.values())) == 4
+    assert student_rng("4.1", "ada").getrandbits(64) == draws["ada", "4.1"]
+    # SHA-256, not Python's salted hash(): the value is fixed across runs and machines
+    script = "from ptsim.exercises import student_rng; print(student_rng('4.1', 'ada').getrandbits(64))"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""})
+    assert int(other.stdout) == draws["ada", "4.1"]
+    with pytest.raises(ValueError, match="key must be a non-empty string"):
+        student_rng("")
