@@ -90,10 +90,12 @@ def _touch(rng, proc: str, addr: int, write: bool) -> str:
     return f'{proc}.write({addr:#x}, b"{rng.choice("abcdefgh")}")' if write else f"{proc}.read({addr:#x}, 1)"
 
 
-def _spec(prompt, scenario, question, explain, mistakes, hint, show=str, diagnose=None) -> SimpleNamespace:
+def _spec(prompt, scenario, question, explain, mistakes, hint, show=str, diagnose=None, choices=0) -> SimpleNamespace:
     """What a topic makes: an Exercise's parts, and `mistakes(state, answer)`, the wrong answers
-    the problem recognises ({answer: why it is wrong}), which multiple choice offers."""
-    return SimpleNamespace(prompt=prompt, scenario=scenario, question=question, explain=explain, mistakes=mistakes, hint=hint, show=show, diagnose=diagnose)
+    the problem recognises ({answer: why it is wrong}), which multiple choice offers; `choices`:
+    how many options it offers when the quiz asks for open answers (0: none, an open question)."""
+    return SimpleNamespace(prompt=prompt, scenario=scenario, question=question, explain=explain, mistakes=mistakes, hint=hint, show=show,
+                           diagnose=diagnose, choices=choices)
 
 
 # -- translate -------------------------------------------------------------------------------
@@ -336,11 +338,11 @@ def _steps(rng, g: Geometry, start: int, end: int, count: int, most: int, action
     return lines
 
 
-def _shared_start(rng, g: Geometry, policy: str = "shared") -> tuple[list[str], int, int]:
+def _shared_start(rng, g: Geometry) -> tuple[list[str], int, int]:
     """A machine, p, and a region of two or three tables that p has half written."""
     start = rng.randrange(1, g.slots - 3) * g.span
     end = start + rng.randint(12, 24) * g.page
-    lines = [g.machine_line(policy), "p = m.spawn()", f"p.mmap(addr={start:#x}, length={end - start:#x})"]
+    lines = [g.machine_line("shared"), "p = m.spawn()", f"p.mmap(addr={start:#x}, length={end - start:#x})"]
     lines += [_touch(rng, "p", a, True) for a in sorted(rng.sample(_pages(g, start, end), (end - start) // g.page // 2))]
     return lines, start, end
 
@@ -467,8 +469,6 @@ def _calls(rng, g: Geometry, level: int) -> SimpleNamespace:
             seen.add(tuple(state))
             differs = next((have, want) for have, want in zip(state + [""] * len(right), right + [""] * len(state)) if have != want)
             wrong["; ".join(slip)] = f"those calls leave {differs[0] or 'nothing'!r} where the state shown has {differs[1] or 'nothing'!r}."
-    options = list(wrong) + ["; ".join(calls)]
-    rng.shuffle(options)
 
     def prompt(s):
         return "\n".join(setup + ["Then some calls, after which the machine is:"] + ["  " + line for line in right]
@@ -486,10 +486,8 @@ def _calls(rng, g: Geometry, level: int) -> SimpleNamespace:
     def mistakes(s, answer):
         return dict(wrong)
 
-    spec = _spec(prompt, scenario=lambda: SimpleNamespace(), question=question, explain=explain, mistakes=mistakes,
-                 hint="follow each call: who forks whom, and which call unshares or frees a table.")
-    spec.options = options  # always multiple choice
-    return spec
+    return _spec(prompt, scenario=SimpleNamespace, question=question, explain=explain, mistakes=mistakes,
+                 hint="follow each call: who forks whom, and which call unshares or frees a table.", choices=4)
 
 
 # -- cow -------------------------------------------------------------------------------------
@@ -498,7 +496,7 @@ def _calls(rng, g: Geometry, level: int) -> SimpleNamespace:
 # recognised (and multiple choice offers such lists).
 _COW_SLIPS = {("wp_copy", "wp_reuse"), ("wp_reuse", "wp_copy"), ("wp_copy", "none"), ("none", "wp_copy"), ("wp_reuse", "none"),
               ("none", "wp_reuse"), ("zero", "anon"), ("anon", "zero"), ("shmem", "anon"), ("anon", "shmem")}
-_COW = {1: ("copy", 3, 3, False), 2: (None, 3, 5, False), 3: ("shared", 5, 7, True)}  # level: (policy, accesses, grandchild)
+_COW = {1: ("copy", 3, 3, False), 2: (None, 3, 5, False), 3: ("shared", 5, 7, True)}  # level: (policy, fewest and most accesses, a grandchild d)
 
 
 def _cow_slip(i: int, right: str, given: str) -> str | None:
@@ -604,34 +602,29 @@ def _text(value, show) -> str:
 def _exercise(spec, rng, choices: int) -> Exercise | None:
     """The problem as an Exercise: open, or multiple choice among the right answer and up to
     `choices` - 1 recognised mistakes (None if it has none to offer)."""
-    options = getattr(spec, "options", None)
-    if options is None and not choices:
+    choices = choices or spec.choices
+    if not choices:
         def diagnose(s, answer, given):
             why = spec.mistakes(s, answer).get(given)
             return why if why is not None or spec.diagnose is None else spec.diagnose(s, answer, given)
 
         return Exercise(spec.prompt, spec.scenario, spec.question, explain=spec.explain, diagnose=diagnose, hint=spec.hint, show=spec.show)
-    if options is None:
-        state = spec.scenario()
-        answer = normal(spec.question(state))
-        wrong = spec.mistakes(state, answer)
-        picked = rng.sample(sorted(wrong, key=repr), min(choices - 1, len(wrong)))
-        if not picked:
-            return None
-        options = [_text(v, spec.show) for v in picked + [answer]]
-        rng.shuffle(options)
-        why = {normal(_text(v, spec.show)): wrong[v] for v in picked}
-    elif len(options) < 2:
+    state = spec.scenario()
+    answer = normal(spec.question(state))
+    wrong = spec.mistakes(state, answer)
+    picked = rng.sample(sorted(wrong, key=repr), min(choices - 1, len(wrong)))
+    if not picked:
         return None
-    else:
-        why = {normal(text): reason for text, reason in spec.mistakes(None, None).items()}
+    options = [_text(v, spec.show) for v in picked + [answer]]
+    rng.shuffle(options)
+    why = {normal(_text(v, spec.show)): wrong[v] for v in picked}
 
     def question(s):
         s.raw = spec.question(s)
         return _text(normal(s.raw), spec.show)
 
     return Exercise(spec.prompt, spec.scenario, question, explain=lambda s, a: spec.explain(s, s.raw), diagnose=lambda s, a, g: why.get(g),
-                    choices=tuple(options), hint=spec.hint)
+                    choices=tuple(options), hint=spec.hint, show=spec.show)
 
 
 def _check(name: str, value, allowed) -> None:
@@ -643,7 +636,7 @@ def quiz(topic: str, seed: int | str = 0, n: int = 5, *, arch: str = "toy", leve
     """`n` problems about `topic` for `seed`, a number or a student's id (any string); the same
     arguments always give the same problems. `arch`: the geometry (topics in ANY_ARCH; the
     others are toy only); `level`: 1 to 3, harder; `choices`: 0 for open answers, else how many
-    options a multiple-choice problem offers at most (the calls topic always offers up to 4)."""
+    options a multiple-choice problem offers at most (the calls topic offers 4 when it is 0)."""
     _check("topic", topic, sorted(TOPICS))
     if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not str(seed).strip():
         raise ValueError(f"seed must be an int or a non-empty string (a student id), not {seed!r}")
@@ -667,10 +660,11 @@ def quiz(topic: str, seed: int | str = 0, n: int = 5, *, arch: str = "toy", leve
 
 def _key(problem: Exercise) -> str:
     """The answer and why; for multiple choice, why each wrong option is wrong too."""
-    lines = [problem.explain()]
-    if problem.choices is not None:
-        lines += [f"({letter}) {problem.check(letter)}" for letter in _LETTERS[: len(problem.choices)] if not problem.check(letter)]
-    return "\n".join(lines)
+    if problem.choices is None:
+        return problem.explain()
+    letters = _LETTERS[: len(problem.choices)]
+    right = next(letter for letter in letters if problem.check(letter))
+    return "\n".join([f"({right}) {problem.explain()}"] + [f"({letter}) {problem.check(letter)}" for letter in letters if letter != right])
 
 
 def _problems(topics: list[str], seed, args) -> list[tuple[str, Exercise]]:
@@ -681,7 +675,7 @@ def _command(topics: list[str], seed, args) -> str:
     return f"python -m ptsim.quiz -t {','.join(topics)} -s {seed} -n {args.num} --arch {args.arch} --level {args.level} --choices {args.choices}"
 
 
-def sheet(topics: list[str], student: str, args, key: bool) -> str:
+def _sheet(topics: list[str], student: str, args, key: bool) -> str:
     """One student's problem sheet (or its key), in Markdown."""
     title = f"# ptsim quiz{' key' if key else ''}: {student}"
     made = _command(topics, student, args) + (" -c" if key else "")
@@ -721,7 +715,7 @@ def _filename(student: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", student).strip("._") or "_"
 
 
-def write_sheets(directory: Path, topics: list[str], students: list[str], args) -> list[Path]:
+def _write_sheets(directory: Path, topics: list[str], students: list[str], args) -> list[Path]:
     """For each student, <id>-sheet.md and <id>-key.md in `directory` (and .html of both when
     nbconvert is installed); returns the files written."""
     files = {}
@@ -734,7 +728,7 @@ def write_sheets(directory: Path, topics: list[str], students: list[str], args) 
     written = []
     for name, student in files.items():
         for kind, key in (("sheet", False), ("key", True)):
-            text = sheet(topics, student, args, key)
+            text = _sheet(topics, student, args, key)
             path = directory / f"{name}-{kind}.md"
             path.write_text(text)
             written.append(path)
@@ -779,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         if not students:
             parser.error(f"argument --students: no student ids in {' '.join(args.students)}")
         try:
-            written = write_sheets(Path(args.sheet), topics, students, args)
+            written = _write_sheets(Path(args.sheet), topics, students, args)
         except ValueError as e:
             parser.error(str(e))
         html = any(p.suffix == ".html" for p in written)
