@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from html import escape
 import textwrap
 from pathlib import Path
@@ -467,8 +468,9 @@ def _calls(rng, g: Geometry, level: int) -> SimpleNamespace:
         state = _final_state(setup + slip, g)
         if state is not None and tuple(state) not in seen:
             seen.add(tuple(state))
-            differs = next((have, want) for have, want in zip(state + [""] * len(right), right + [""] * len(state)) if have != want)
-            wrong["; ".join(slip)] = f"those calls leave {differs[0] or 'nothing'!r} where the state shown has {differs[1] or 'nothing'!r}."
+            extra, missing = [line for line in state if line not in right], [line for line in right if line not in state]
+            wrong["; ".join(slip)] = (f"those calls leave {extra[0]!r}, which the state shown does not have." if extra
+                                      else f"those calls do not leave {missing[0]!r}, which the state shown has.")
 
     def prompt(s):
         return "\n".join(setup + ["Then some calls, after which the machine is:"] + ["  " + line for line in right]
@@ -672,7 +674,7 @@ def _problems(topics: list[str], seed, args) -> list[tuple[str, Exercise]]:
 
 
 def _command(topics: list[str], seed, args) -> str:
-    return f"python -m ptsim.quiz -t {','.join(topics)} -s {seed} -n {args.num} --arch {args.arch} --level {args.level} --choices {args.choices}"
+    return f"python -m ptsim.quiz -t {','.join(topics)} -s {shlex.quote(str(seed))} -n {args.num} --arch {args.arch} --level {args.level} --choices {args.choices}"
 
 
 def _sheet(topics: list[str], student: str, args, key: bool) -> str:
