@@ -8,6 +8,7 @@ answers with them, and challenge goals (`ptsim.exercises`) test states with them
     print(show_table(p, a))              # its non-empty entries, in hex
     use_count(c, a)                      # how many upper entries point at that table
     list_tables(m), table_pages(m)       # every page-table page; how many the machine holds
+    walk_tables(m.kernel, p.mm.pgd)      # (frame, level, base) of each table under a root, MMU order
     before = m.counters; c.write(a, b"x"); counters_gained(m, before)
 """
 
