@@ -8,6 +8,7 @@ answers with them, and challenge goals (`ptsim.exercises`) test states with them
     print(show_table(p, a))              # its non-empty entries, in hex
     use_count(c, a)                      # how many upper entries point at that table
     list_tables(m), table_pages(m)       # every page-table page; how many the machine holds
+    walk_tables(m.kernel, p.mm.pgd)      # (frame, level, base) of each table under a root, MMU order
     before = m.counters; c.write(a, b"x"); counters_gained(m, before)
 """
 
@@ -19,13 +20,28 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .draw.graph import walk_tables
 from .errors import ProcessExited
 from .hardware.arch import _PAGE_PRESENT, _PAGE_RW, PFN_SHIFT
 from .kernel import COUNTERS
-from .kernel.core import MAPPED
+from .kernel.core import MAPPED, Kernel
 from .kernel.page import PG_PGTABLE
 from .machine import Machine, Process
+
+
+def walk_tables(k: Kernel, pgd: int):
+    """Yield (table, level, base) for every table reachable from `pgd`, root first, in entry
+    order (depth first, as the MMU would meet them)."""
+    arch, tables = k.arch, k.phys.tables
+    stack = [(pgd, 0, 0)]
+    while stack:
+        table, level, base = stack.pop()
+        yield table, level, base
+        if level < arch.levels - 1:
+            row = tables[table]
+            indexes = np.flatnonzero(row & _PAGE_PRESENT)
+            children = k.pfns_of(row[indexes])
+            shift = arch.shift(level)
+            stack.extend((int(c), level + 1, base + (int(i) << shift)) for i, c in zip(indexes[::-1], children[::-1]))
 
 
 def _live(p: Process, name: str = "p") -> None:

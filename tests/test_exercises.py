@@ -1,8 +1,7 @@
-"""Exercises, challenges and the seeded quiz: every computed answer is held to an independent
+"""Exercises and challenges: every computed answer is held to an independent
 fact of the machine (a translation, a fault count, who points at a table), never to itself."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +20,9 @@ from ptsim.exercises import (
     status_is,
     use_count_is,
 )
-from ptsim.hardware.arch import _PAGE_RW
 from ptsim.kernel import COUNTERS
 from ptsim.kernel.page import ZERO_PFN
 from ptsim.peek import list_tables, table_pages, use_count
-from ptsim.quiz import TOPICS, main, quiz
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = dict(arch="toy", ram=1 << 14)
@@ -41,10 +38,6 @@ def leaf_table(p, addr):
     """The frame of the last-level table `p` reaches for `addr`, read from its upper entry."""
     k = p.machine.kernel
     return k.slot_table(k.pmd_slot(p.mm, addr))
-
-
-def live(ns):
-    return [v for v in ns.values() if isinstance(v, ptsim.Process) and not v.exited]
 
 
 def tables_held(m, processes):
@@ -385,160 +378,6 @@ def test_observe_reports_the_fault_the_tables_show(policy):
     assert p.minflt == minflt + 1
     assert ("handle_mm_fault unshare_table" in seen.steps()) == (policy == "shared")
     assert observe(m, lambda: None).steps() == "nothing"
-
-
-# -- quiz ------------------------------------------------------------------------------------
-
-SEEDS = range(12)
-
-
-def script(problem):
-    """The scenario lines the question shows, run by the test itself."""
-    text = str(problem)
-    lines = []
-    for line in text.splitlines():
-        if not re.match(r"^(m = |[a-z]\w* = \w+\.|\w+\.\w+\()", line):
-            break
-        lines.append(line)
-    ns = {"ptsim": ptsim}
-    exec("\n".join(lines), ns)
-    return ns, text
-
-
-@pytest.mark.parametrize("topic", sorted(TOPICS))
-def test_same_seed_gives_the_same_problems(topic):
-    first, again = quiz(topic, 3, 3), quiz(topic, 3, 3)
-    assert [str(p) for p in first] == [str(p) for p in again]
-    assert [p.explain() for p in first] == [p.explain() for p in again]
-    assert len({str(p) for s in SEEDS for p in quiz(topic, s, 1)}) > len(SEEDS) // 2
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_translate_answer_is_what_the_kernel_and_the_fault_handler_see(seed):
-    for problem in quiz("translate", seed, 3):
-        ns, text = script(problem)
-        op, va = re.search(r"Q: p (reads|writes) the byte at (0x[0-9a-f]+)", text).groups()
-        p, va = ns["p"], int(va, 16)
-        if op == "reads":
-            assert problem.answer == (p.translate(va) if p.translate(va) is not None else "fault")
-        else:
-            before = p.minflt
-            try:
-                p.write(va, b"?")
-            except ptsim.SegmentationFault:
-                assert problem.answer == "fault"
-                continue
-            faulted = p.minflt == before + 1
-            assert (problem.answer == "fault") == faulted
-            if not faulted:
-                assert problem.answer == p.translate(va)
-        assert problem.check(problem.answer)
-
-
-def test_translate_diagnoses_a_dropped_offset_and_4k_pages():
-    problem = next(p for s in SEEDS for p in quiz("translate", s, 3) if p.answer != "fault" and p.answer % PAGE)
-    pfn, offset = divmod(problem.answer, PAGE)
-    assert "offset" in str(problem.check(pfn * PAGE))
-    assert "not 4096" in str(problem.check((pfn << 12) | offset))
-    assert "no fault" in str(problem.check("fault"))
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_fork_copy_answer_is_what_the_child_maps_and_the_parent_lost(seed):
-    for problem in quiz("fork-copy", seed, 3):
-        ns, text = script(problem)
-        m, p = ns["m"], ns["p"]
-        pages = [a for v in p.mm.vmas for a in range(v.start, v.end, PAGE)]
-        rw_before = {a for a in pages if m.kernel.follow_pte(p.mm, a) & _PAGE_RW}
-        c = p.fork()
-        if "copy into c" in text:
-            assert problem.answer == sum(1 for a in pages if c.translate(a) is not None)
-        else:
-            rw_after = {a for a in pages if m.kernel.follow_pte(p.mm, a) & _PAGE_RW}
-            assert problem.answer == len(rw_before - rw_after)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_shared_answer_is_the_pointer_count_or_the_tables_held(seed):
-    for problem in quiz("shared", seed, 3):
-        ns, text = script(problem)
-        m, processes = ns["m"], live(ns)
-        asked = re.search(r"maps (0x[0-9a-f]+) for (\w+)\?", text)
-        if asked:
-            addr, who = int(asked[1], 16), ns[asked[2]]
-            mine = leaf_table(who, addr)
-            assert problem.answer == (0 if mine is None else [leaf_table(q, addr) for q in processes].count(mine))
-        else:
-            assert problem.answer == tables_held(m, processes)
-        m.check()
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_cow_kinds_match_frames_tables_and_fault_counts(seed):
-    for problem in quiz("cow", seed, 2):
-        ns, text = script(problem)
-        accesses = re.findall(r"^  \d\. (.*)$", text, re.M)
-        assert len(accesses) == len(problem.answer)
-        for access, kind in zip(accesses, problem.answer):
-            who = ns[access.split(".")[0]]
-            addr = int(re.search(r"\((0x[0-9a-f]+)", access)[1], 16)
-            frame, table, minflt = who.translate(addr), leaf_table(who, addr), who.minflt
-            exec(access, ns)
-            assert (kind == "none") == (who.minflt == minflt)
-            assert kind.startswith("unshare+") == (table is not None and leaf_table(who, addr) != table)
-            base = kind.removeprefix("unshare+")
-            after = who.translate(addr)
-            if base == "zero":
-                assert after == ZERO_PFN * PAGE + addr % PAGE
-            elif base in ("anon", "shmem"):
-                assert frame is None and after is not None and who.mm.find_vma(addr).shared == (base == "shmem")
-            elif base == "wp_copy":
-                assert frame is not None and after != frame
-            elif base == "wp_reuse":
-                assert after == frame
-            else:
-                assert base == "none" and after == frame
-
-
-def test_the_seeds_tested_meet_every_cow_kind_and_both_outcomes_of_a_walk():
-    kinds = {k.removeprefix("unshare+") for s in SEEDS for p in quiz("cow", s, 2) for k in p.answer}
-    assert kinds == {"none", "zero", "anon", "shmem", "wp_copy", "wp_reuse"}
-    assert any(k.startswith("unshare+") for s in SEEDS for p in quiz("cow", s, 2) for k in p.answer)
-    walks = {("writes" in str(p), p.answer == "fault") for s in SEEDS for p in quiz("translate", s, 3)}
-    assert walks == {(False, False), (False, True), (True, False), (True, True)}
-
-
-def test_cow_diagnose_notices_a_forgotten_unshare():
-    problem = next(p for s in SEEDS for p in quiz("cow", s, 2) if any(k.startswith("unshare+") for k in p.answer))
-    i = next(i for i, k in enumerate(problem.answer) if k.startswith("unshare+"))
-    given = list(problem.answer)
-    given[i] = given[i].removeprefix("unshare+")
-    assert f"access {i + 1} finds its table still shared" in str(problem.check(given))
-
-
-@pytest.mark.parametrize("args, name", [(("paging", 1, 1), "topic"), (("cow", "1", 1), "seed"), (("cow", 1, 0), "n"), (("cow", 1, True), "n")])
-def test_quiz_rejects_bad_arguments(args, name):
-    with pytest.raises(ValueError, match=f"^{name} must"):
-        quiz(*args)
-
-
-def test_cli_echoes_arguments_first_and_answers_only_with_c(capsys):
-    assert main(["--topic", "translate", "-s", "7", "-n", "2"]) == 0
-    plain = capsys.readouterr().out
-    assert plain.splitlines()[:4] == ["ARG topic translate", "ARG seed 7", "ARG num 2", "ARG compute False"]
-    assert "Problem 2" in plain and "Answer:" not in plain
-    main(["--topic", "translate", "-s", "7", "-n", "2", "-c"])
-    answered = capsys.readouterr().out
-    assert answered.count("Answer:") == 2
-    main(["--topic", "translate", "-s", "7", "-n", "2", "-c"])
-    assert capsys.readouterr().out == answered
-    with pytest.raises(SystemExit):
-        main(["-n", "0"])
-
-
-def test_cli_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "ptsim.quiz", "-t", "cow", "-s", "1", "-n", "1", "-c"], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("ARG topic cow\nARG seed 1\nARG num 1\nARG compute True\n") and "Answer: [" in out
 
 
 # -- per-student problems ---------------------------------------------------------------------

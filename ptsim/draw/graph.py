@@ -33,6 +33,7 @@ from ..hardware.arch import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PR
 from ..kernel.core import MAPPED, Kernel, Task
 from ..kernel.page import PG_SHMEM, ZERO_PFN
 from ..machine import Machine, Process
+from ..peek import walk_tables
 
 _BITS = (("present", _PAGE_PRESENT), ("rw", _PAGE_RW), ("user", _PAGE_USER), ("accessed", _PAGE_ACCESSED), ("dirty", _PAGE_DIRTY),
          ("protnone", _PAGE_PROTNONE))
@@ -73,22 +74,6 @@ def tasks_of(machine, processes) -> list[Task]:
     if not tasks:
         raise ValueError("processes: the list is empty")
     return [tasks[pid] for pid in sorted(tasks)]
-
-
-def walk_tables(k: Kernel, pgd: int):
-    """Yield (table, level, base) for every table reachable from `pgd`, root first, in entry
-    order (depth first, as the MMU would meet them)."""
-    arch, tables = k.arch, k.phys.tables
-    stack = [(pgd, 0, 0)]
-    while stack:
-        table, level, base = stack.pop()
-        yield table, level, base
-        if level < arch.levels - 1:
-            row = tables[table]
-            indexes = np.flatnonzero(row & _PAGE_PRESENT)
-            children = k.pfns_of(row[indexes])
-            shift = arch.shift(level)
-            stack.extend((int(c), level + 1, base + (int(i) << shift)) for i, c in zip(indexes[::-1], children[::-1]))
 
 
 def frame_kind(k: Kernel, pfn: int) -> str:

@@ -15,7 +15,8 @@ from ..hardware.arch import _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_RW
 from ..kernel.core import MAPPED
 from ..kernel.page import PG_FREE, PG_PGTABLE, PG_RESERVED, ZERO_PFN
 from . import style
-from .graph import kernel_of, private_writable, tasks_of, walk_tables
+from ..peek import walk_tables
+from .graph import kernel_of, private_writable, tasks_of
 
 # A frame several processes map: one look per frame, none of them the private page's blue.
 SHARED_LOOKS = [(c, h) for h in ("", "////", "....", "xxx") for c in (style.ORANGE, style.GREEN, style.PURPLE)]
