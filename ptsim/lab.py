@@ -44,7 +44,7 @@ from .checking.oracle import Oracle
 from .errors import InvariantError, SegmentationFault
 from .hardware.arch import _PAGE_RW
 from .host import scenario as sc
-from .kernel.fork import CopyPolicy
+from .kernel.fork import CopyPolicy, SharedPolicy, UpperWrprotectPolicy
 from .kernel.page import PG_PGTABLE
 from .machine import Machine
 
@@ -218,6 +218,7 @@ expect gained pages_copied 0
 p0 read {A} 6
 p1 write {B} "fault"
 expect gained pages_copied 0
+expect own_table p0 p1 {B}
 p0 read {B} 5
 """),
     14: ("Reclaim flushes every sharer", f"""
@@ -260,6 +261,10 @@ p0 write {A} "c"
 expect tlb_empty p0 {B}
 """),
 }
+
+# Correct sharing policies: every rule scenario passes on each, and so must a shrunk scenario
+# that fails an expect line (dropping lines can make an expectation false for any policy).
+REFERENCES = (SharedPolicy(), SharedPolicy(read_fault="unshare"), UpperWrprotectPolicy())
 
 # What each `expect` line asks, and how many arguments it takes.
 EXPECTS = {
@@ -339,7 +344,13 @@ def _time_limit(seconds: float):
 
 
 class BadReturn(Exception):
-    """A policy method returned something that is not the table it must return."""
+    """A policy method returned something that is not the table it must return. `a_table`:
+    it returned a frame number, only not the right one (a bug of the rule at hand, where a
+    value of another type is a slip of programming)."""
+
+    def __init__(self, message: str, a_table: bool):
+        super().__init__(message)
+        self.a_table = a_table
 
 
 _RETURNING = ("prepare_pte_write", "prepare_pte_fill", "unshare")  # each returns the slot's table now
@@ -357,17 +368,18 @@ def _checked(policy: CopyPolicy) -> CopyPolicy:
             want = k.slot_table(slot)
             ok = isinstance(got, (int, np.integer)) and not isinstance(got, bool) and want is not None and int(got) == want
             if not ok:
+                a_table = isinstance(got, (int, np.integer)) and not isinstance(got, bool)
                 shown = repr(got) if isinstance(got, (int, np.integer, type(None), bool, str)) else f"a {type(got).__name__}"
                 raise BadReturn(f"{cls.__name__}.{name} returned {shown}; it must return the frame of the table "
-                                f"the upper entry now points at ({want})")
+                                f"the upper entry now points at ({want})", a_table)
             if k.mem_map.kind[want] != PG_PGTABLE:
-                raise BadReturn(f"{cls.__name__}.{name} left the upper entry pointing at frame {want}, which is no page table")
+                raise BadReturn(f"{cls.__name__}.{name} left the upper entry pointing at frame {want}, which is no page table", True)
             return int(got)
 
         method.__name__ = method.__qualname__ = name
         return method
 
-    checked = type(cls.__name__, (cls,), {name: wrap(name) for name in _RETURNING})
+    checked = type(cls.__name__, (cls,), {name: wrap(name) for name in _RETURNING} | {"_lab_checked": True})
     checked.__qualname__ = cls.__qualname__
     copy = cls.__new__(checked)
     if hasattr(policy, "__dict__"):
@@ -379,7 +391,7 @@ def _policy_codes(policy: CopyPolicy) -> set:
     """The code objects of the policy's own methods: those not in ptsim's kernel."""
     codes = set()
     for klass in type(policy).__mro__:
-        if klass.__module__.startswith(("ptsim.kernel", __name__)) or klass is object:
+        if klass.__module__.startswith("ptsim.kernel") or "_lab_checked" in vars(klass) or klass is object:
             continue
         for value in vars(klass).values():
             func = getattr(value, "__func__", value)
@@ -471,10 +483,10 @@ def _parse_expect(text: str, args: list[str], live: set[str]) -> Step:
 
 @dataclass
 class Failure:
-    kind: str  # "checker", "oracle", "expect", "exception", "return", "timeout"
+    kind: str  # "checker", "oracle", "expect", "exception", "unwritten", "return", "bad type", "timeout"
     message: str
     line: int  # index into the steps of the failing one
-    where: str = ""  # the student's line that raised, for "exception" and "return"
+    where: str = ""  # the policy's line that raised, for "exception" and "unwritten"
     rule: int | None = None
 
     def signature(self):
@@ -483,7 +495,7 @@ class Failure:
             return (self.kind, checker_rule(self.message), self.message.split(":")[0].split()[0])
         if self.kind == "expect":
             return (self.kind, self.message.split(":")[0])
-        if self.kind in ("exception", "return"):
+        if self.kind in ("exception", "unwritten", "bad type"):
             return (self.kind, self.message.split(":")[0], self.where.split(",")[0])
         return (self.kind,)
 
@@ -674,7 +686,9 @@ def run(steps: list[Step], policy: CopyPolicy, limit: float) -> tuple[Failure | 
                         return Failure("expect", f"{step.text}: {e}", i), i + 1
                     return Failure("exception", f"{type(e).__name__}: {e}", i, _where(e, codes)), i + 1
                 except BadReturn as e:
-                    return Failure("return", str(e), i, _where(e, codes)), i + 1
+                    return Failure("return" if e.a_table else "bad type", str(e), i), i + 1
+                except NotImplementedError as e:
+                    return Failure("unwritten", f"NotImplementedError: {e}", i, _where(e, codes)), i + 1
                 except TimeLimit:
                     raise
                 except Exception as e:  # the student's, or the kernel's on the student's state
@@ -755,7 +769,10 @@ def shrink(lines: list[str], policy: CopyPolicy, failure: Failure, limit: float,
         except ValueError:
             return False  # a line names a process no longer forked
         found, _ = run(steps, policy, limit)
-        return found is not None and found.signature() == signature
+        if found is None or found.signature() != signature:
+            return False
+        # An expect line means something only where the correct policies keep it.
+        return failure.kind != "expect" or all(run(steps, good, limit)[0] is None for good in REFERENCES)
 
     n = 2
     while len(lines) >= 2 and time.monotonic() < deadline:
@@ -808,7 +825,9 @@ class Result:
         f = self.failure
         rule = f"rule {self.rule} ({RULES[self.rule][0]})" if self.rule in RULES else (f"rule {self.rule}" if self.rule else "no rule in particular")
         what = {"checker": "Machine.check() found", "oracle": "the oracle disagrees:", "expect": "the rule's expectation failed:",
-                "exception": "your policy raised", "return": "your policy returned a wrong value:", "timeout": "time ran out:"}[f.kind]
+                "exception": "your policy raised", "unwritten": "a method is not written yet:",
+                "return": "your policy returned the wrong table:", "bad type": "your policy returned a wrong value:",
+                "timeout": "time ran out:"}[f.kind]
         text = [f"FAILED: {rule}, found by {self.found_by}.",
                 f"At line {f.line + 1} ({self.calls[f.line] if f.line < len(self.calls) else '?'}), {what}",
                 f"  {f.message}"]
@@ -903,14 +922,18 @@ def check(policy: CopyPolicy, *, seconds: float = 60, seed: int = 0, only=None, 
         ran["calls"] += sum(1 for s in steps[:played] if s.op != "expect")
         if failure is None:
             continue
-        if failure.rule is None and failure.kind in ("oracle", "expect"):
+        # In a rule scenario, what no checker message names is the scenario's rule: its
+        # expectations, the oracle, a wrong return value, an exception in ptsim's code (not in
+        # the policy's own: a NotImplementedError is no broken rule).
+        kernel_side = failure.kind == "exception" and failure.where.startswith("in ptsim's")
+        if failure.rule is None and (failure.kind in ("oracle", "expect", "return", "checker") or kernel_side):
             failure.rule = rule
         cut = lines_of(steps[: failure.line + 1])
         shrunk, tried = cut, 0
         if shrink_failures and failure.kind != "timeout":
             shrunk, tried = shrink(cut, policy, failure, limit, deadline)
         ran["shrink_candidates"] = tried
-        final, _ = run(parse(shrunk), policy, limit)
+        final = failure if failure.kind == "timeout" else run(parse(shrunk), policy, limit)[0]
         if final is None or final.signature() != failure.signature():  # cannot happen unless the policy is flaky
             final, shrunk = failure, cut
         final.rule = failure.rule
