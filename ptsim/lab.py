@@ -808,6 +808,7 @@ class Result:
     original_length: int = 0
     sharing: bool = True
     stopped: bool = False  # the time budget ran out before everything ran
+    withheld: int | None = None  # a find-the-bug kernel's rule, kept out of `rule` and the report
     seconds: float = 0.0  # wall-clock time (not in the report: it varies)
 
     def __str__(self) -> str:
@@ -823,7 +824,10 @@ class Result:
                 text.append("The time budget ran out before all of it ran.")
             return "\n".join(text)
         f = self.failure
-        rule = f"rule {self.rule} ({RULES[self.rule][0]})" if self.rule in RULES else (f"rule {self.rule}" if self.rule else "no rule in particular")
+        if self.withheld is not None:
+            rule = "a rule is broken (which one, and where, is yours to find: this is a find-the-bug kernel)"
+        else:
+            rule = f"rule {self.rule} ({RULES[self.rule][0]})" if self.rule in RULES else "no rule in particular"
         what = {"checker": "Machine.check() found", "oracle": "the oracle disagrees:", "expect": "the rule's expectation failed:",
                 "exception": "your policy raised", "unwritten": "a method is not written yet:",
                 "return": "your policy returned the wrong table:", "bad type": "your policy returned a wrong value:",
@@ -837,6 +841,8 @@ class Result:
         text.append(f"The shortest failing scenario found, {len(self.calls)} lines{shrunk}:")
         text += [f"  {line}" for line in self.calls]
         text.append("Replay it: ptsim.lab.replay(result.calls, policy); see the tables: result.figure()")
+        if self.withheld is not None:  # how many rule scenarios ran would tell the rule
+            did = f"{ran.get('rules', 0) + ran.get('machines', 0)} scenario(s), {ran.get('calls', 0)} calls"
         text.append(f"Ran {did}.")
         return "\n".join(text)
 
@@ -937,8 +943,24 @@ def check(policy: CopyPolicy, *, seconds: float = 60, seed: int = 0, only=None, 
         if final is None or final.signature() != failure.signature():  # cannot happen unless the policy is flaky
             final, shrunk = failure, cut
         final.rule = failure.rule
-        return Result(policy, False, shrunk, failure.rule, final, name, ran, len(lines), sharing, seconds=time.monotonic() - start)
+        result = Result(policy, False, shrunk, failure.rule, final, name, ran, len(lines), sharing, seconds=time.monotonic() - start)
+        if getattr(policy, "withhold_rule", False):
+            result.withheld, result.rule, final.rule = failure.rule, None, None
+            result.found_by = "a rule scenario" if rule else "a random machine"
+        return result
     return Result(policy, True, [], None, None, "", ran, 0, sharing, stopped, time.monotonic() - start)
+
+
+def play(calls, policy: CopyPolicy, *, limit: float = 10.0):
+    """Play lab lines on `policy` for an experiment of your own, checking nothing (expect
+    lines are skipped): the machine and its processes by name, `(m, {"p0": ..., "p1": ...})`."""
+    _validate(policy, limit, limit)
+    player = _Player(policy)
+    with _time_limit(limit):
+        for step in parse(calls):
+            if step.op != "expect":
+                player.play(step)
+    return player.m, {name: p for name, (p, _) in player.procs.items()}
 
 
 def lines_of(steps: list[Step]) -> list[str]:

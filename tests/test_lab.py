@@ -145,7 +145,9 @@ def test_an_assigned_kernel_hides_its_bug_and_is_caught_like_it(student):
     assert type(kernel).__name__ == f"Kernel{number}"
     assert set(broken.FUNCTIONS) <= set(vars(type(kernel))), "it overrides all six methods"
     assert bug.policy.__name__ not in repr(kernel) + (type(kernel).__doc__ or "")
-    assert lab.check(kernel, machines=0).rule == bug.rule
+    result = lab.check(kernel, machines=0)
+    assert (result.rule, result.withheld) == (None, bug.rule), "check finds the rule and keeps it to itself"
+    assert result.found_by == "a rule scenario" and f"rule {bug.rule}" not in str(result)
 
 
 def test_students_get_different_kernels():
