@@ -951,16 +951,29 @@ def check(policy: CopyPolicy, *, seconds: float = 60, seed: int = 0, only=None, 
     return Result(policy, True, [], None, None, "", ran, 0, sharing, stopped, time.monotonic() - start)
 
 
-def play(calls, policy: CopyPolicy, *, limit: float = 10.0):
+@dataclass
+class Played:
+    """A machine after `play`: its processes by name, and the events of the last call."""
+
+    machine: Machine
+    processes: dict
+    events: list
+
+
+def play(calls, policy: CopyPolicy, *, limit: float = 10.0) -> Played:
     """Play lab lines on `policy` for an experiment of your own, checking nothing (expect
-    lines are skipped): the machine and its processes by name, `(m, {"p0": ..., "p1": ...})`."""
+    lines are skipped); the last call is traced."""
     _validate(policy, limit, limit)
     player = _Player(policy)
+    steps = [s for s in parse(calls) if s.op != "expect"]
+    events = []
     with _time_limit(limit):
-        for step in parse(calls):
-            if step.op != "expect":
-                player.play(step)
-    return player.m, {name: p for name, (p, _) in player.procs.items()}
+        for step in steps[:-1]:
+            player.play(step)
+        if steps:
+            with player.m.trace() as events:
+                player.play(steps[-1])
+    return Played(player.m, {name: p for name, (p, _) in player.procs.items()}, list(events))
 
 
 def lines_of(steps: list[Step]) -> list[str]:
