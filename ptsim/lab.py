@@ -827,7 +827,10 @@ class Result:
         if self.withheld is not None:
             rule = "a rule is broken (which one, and where, is yours to find: this is a find-the-bug kernel)"
         else:
-            rule = f"rule {self.rule} ({RULES[self.rule][0]})" if self.rule in RULES else "no rule in particular"
+            rule = f"rule {self.rule} ({RULES[self.rule][0]})" if self.rule in RULES else {
+                "unwritten": "a method is not written yet", "exception": "the policy raised an exception",
+                "bad type": "a method returned a value of the wrong type", "timeout": "out of time",
+            }.get(f.kind, "no rule in particular")
         what = {"checker": "Machine.check() found", "oracle": "the oracle disagrees:", "expect": "the rule's expectation failed:",
                 "exception": "your policy raised", "unwritten": "a method is not written yet:",
                 "return": "your policy returned the wrong table:", "bad type": "your policy returned a wrong value:",
