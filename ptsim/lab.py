@@ -865,25 +865,28 @@ class Result:
 
         steps = parse(self.calls)
         line = self.failure.line
-        player = _Player(_checked(self.policy))
-        events = []
+        # The call to draw: the failing line, or for a failed expect the call it reads.
+        call = max((i for i in range(line + 1) if steps[i].op != "expect"), default=line)
+        title = f"After line {call + 1}: {self.calls[call]}" + (f" (line {line + 1} fails)" if call != line else "")
+        player, events = _Player(_checked(self.policy)), []
         try:
             with _time_limit(5):
-                for step in steps[:line]:
+                for step in steps[:call]:  # they ran before the failing line did
                     player.play(step)
-            snapshot = player
             with _time_limit(5), player.m.trace() as events:
-                player.play(steps[line])
+                player.play(steps[call])
         except (Exception, TimeLimit):
-            pass
-        title = f"After line {line + 1}: {self.calls[line]}"
+            pass  # the failing line's failure, already reported
+        processes = [p for p, _ in player.procs.values()]
         try:
-            return page_tables(snapshot.m, [p for p, _ in snapshot.procs.values()], highlight=list(events), title=title, **kw)
-        except Exception:
-            fresh = _Player(_checked(self.policy))
-            for step in steps[:line]:
-                fresh.play(step)
-            return page_tables(fresh.m, [p for p, _ in fresh.procs.values()], title=f"Before line {line + 1}: {self.calls[line]}", **kw)
+            return page_tables(player.m, processes, highlight=list(events), title=title, **kw)
+        except Exception:  # the line left the tables beyond drawing: draw them as they were before it
+            before = _Player(_checked(self.policy))
+            with _time_limit(5):
+                for step in steps[:call]:
+                    before.play(step)
+            return page_tables(before.m, [p for p, _ in before.procs.values()],
+                               title=f"Before line {call + 1}: {self.calls[call]}", **kw)
 
 
 def _is_sharing(policy: CopyPolicy) -> bool:

@@ -119,7 +119,11 @@ def test_figure_draws_the_tables_at_the_failing_step():
     result = lab.check(broken.NoPartialUnshare(), only=[11])
     fig = result.figure()
     assert isinstance(fig, matplotlib.figure.Figure)
-    assert any(result.calls[result.failure.line] in t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+    # An expect line fails: the picture is of the call it reads, the partial munmap.
+    assert result.failure.kind == "expect" and result.calls[result.failure.line - 1].startswith("p0 munmap")
+    title = f"After line {result.failure.line}: {result.calls[result.failure.line - 1]} (line {result.failure.line + 1} fails)"
+    assert title in texts
 
 
 @pytest.mark.parametrize("line, error", [
