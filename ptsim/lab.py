@@ -915,6 +915,8 @@ def check(policy: CopyPolicy, *, seconds: float = 60, seed: int = 0, only=None, 
         machines = 100 if only is None else 0
     if not isinstance(machines, int) or isinstance(machines, bool) or machines < 0:
         raise ValueError(f"machines must be a non-negative int, not {machines!r}")
+    if not machines and not (rules if _is_sharing(policy) else []):
+        raise ValueError("nothing to run: name some rules in only, or ask for machines")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, not {seed!r}")
     start = time.monotonic()

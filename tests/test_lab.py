@@ -62,6 +62,17 @@ def test_only_runs_the_rules_named():
         lab.check(SharedPolicy(), only=[18])
     with pytest.raises(ValueError, match="CopyPolicy"):
         lab.check("shared")
+    with pytest.raises(ValueError, match="nothing to run"):
+        lab.check(SharedPolicy(), only=[])
+
+
+def test_play_gives_the_machine_its_processes_and_the_last_calls_events():
+    played = lab.play(lab.RULES[4][1], SharedPolicy())
+    assert set(played.processes) == {"p0", "p1"}
+    assert [e.action for e in played.events if e.action == "unshare_table"] == [], "the last line is a read"
+    played = lab.play(lab.RULES[4][1].strip().splitlines()[:5], SharedPolicy())
+    assert "unshare_table" in [e.action for e in played.events]
+    played.machine.check()
 
 
 class Raises(SharedPolicy):
