@@ -27,8 +27,7 @@ import argparse
 import os
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nbformat
 
