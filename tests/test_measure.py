@@ -217,10 +217,104 @@ def test_a_sparse_mapping_larger_than_memtotal_is_skipped_with_the_reason():
 
 
 @linux_only
-def test_by_default_the_limit_is_half_of_memavailable():
+def test_by_default_the_limit_is_half_of_memavailable_or_what_this_machines_cgroup_leaves():
+    """On this machine, as it is: where its memory cgroup leaves less than half of MemAvailable
+    (a hub, a container), the cgroup's figure; otherwise half of MemAvailable."""
     results = measure.run(sizes=["1T"], repeats=1, thp=("off",), progress=None)
-    assert results.rows == [] and "half of MemAvailable" in results.skipped[0].reason
-    assert results.memory_limit == pytest.approx(measure.meminfo_kb("MemAvailable") * KiB / 2, rel=0.2)
+    half, cgroup = measure.meminfo_kb("MemAvailable") * KiB / 2, measure.cgroup_memory_left()
+    [skip] = results.skipped
+    assert results.rows == []
+    if cgroup is None or cgroup[0] >= half:
+        assert "(half of MemAvailable" in skip.reason
+        assert results.memory_limit == pytest.approx(half, rel=0.2)
+    else:
+        assert "(what this process's memory cgroup leaves: " in skip.reason
+        assert results.memory_limit == pytest.approx(cgroup[0], rel=0.2, abs=16 * MiB)
+
+
+def fake_cgroups(tmp_path, proc_lines, files):
+    """A /proc/self/cgroup of `proc_lines` and a /sys/fs/cgroup holding `files` ({path: text});
+    returns the two paths, as cgroup_memory_left takes them."""
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("".join(line + "\n" for line in proc_lines))
+    fs = tmp_path / "sys-fs-cgroup"
+    fs.mkdir()
+    for name, text in files.items():
+        (fs / name).parent.mkdir(parents=True, exist_ok=True)
+        (fs / name).write_text(text + "\n")
+    return proc, fs
+
+
+HUB_USER = "user.slice/user-1000.slice/jupyter-alice.service"  # where a systemd spawner puts a user
+
+
+@pytest.mark.parametrize("proc_lines, files, left, where", [
+    # cgroup v2 alone: the user's own limit, with no limit above it
+    (["0::/" + HUB_USER], {f"{HUB_USER}/memory.max": str(GiB), f"{HUB_USER}/memory.current": str(256 * MiB),
+                          "user.slice/memory.max": "max", "user.slice/memory.current": str(5 * GiB)},
+     768 * MiB, f"memory.max 1.00 GiB less memory.current 0.25 GiB, {{fs}}/{HUB_USER}"),
+    # a cgroup above the user's leaves less than the user's own
+    (["0::/" + HUB_USER], {f"{HUB_USER}/memory.max": str(2 * GiB), f"{HUB_USER}/memory.current": str(GiB // 2),
+                          "user.slice/memory.max": str(GiB), "user.slice/memory.current": str(3 * GiB // 4)},
+     GiB // 4, "memory.max 1.00 GiB less memory.current 0.75 GiB, {fs}/user.slice"),
+    # memory.high below memory.max: above it the kernel throttles the process
+    (["0::/hub"], {"hub/memory.max": str(2 * GiB), "hub/memory.high": str(GiB), "hub/memory.current": str(GiB // 2)},
+     GiB // 2, "memory.high 1.00 GiB less memory.current 0.50 GiB, {fs}/hub"),
+    # over the limit already: nothing left
+    (["0::/hub"], {"hub/memory.max": str(GiB), "hub/memory.current": str(GiB + 4096)},
+     0, "memory.max 1.00 GiB less memory.current 1.00 GiB, {fs}/hub"),
+    # a container seeing only its own cgroup at the mount's top, under a longer path
+    (["0::/kubepods/pod42/abc"], {"memory.max": str(GiB), "memory.current": str(GiB // 4)},
+     3 * GiB // 4, "memory.max 1.00 GiB less memory.current 0.25 GiB, {fs}"),
+    # cgroup v1 beside an empty v2 hierarchy (hybrid): memory.limit_in_bytes of the memory controller
+    (["12:pids:/hub", "4:memory:/hub/alice", "0::/hub/alice"],
+     {"memory/hub/alice/memory.limit_in_bytes": str(512 * MiB), "memory/hub/alice/memory.usage_in_bytes": str(128 * MiB),
+      "memory/hub/memory.limit_in_bytes": "9223372036854771712", "memory/hub/memory.usage_in_bytes": str(GiB),
+      "unified/hub/alice/cgroup.procs": "1"},
+     384 * MiB, "memory.limit_in_bytes 0.50 GiB less memory.usage_in_bytes 0.12 GiB, {fs}/memory/hub/alice"),
+])
+def test_cgroup_memory_left_is_the_tightest_limit_less_its_usage(tmp_path, proc_lines, files, left, where):
+    proc, fs = fake_cgroups(tmp_path, proc_lines, files)
+    assert measure.cgroup_memory_left(proc, fs) == (left, where.format(fs=fs))
+
+
+@pytest.mark.parametrize("proc_lines, files", [
+    (["0::/hub"], {"hub/memory.max": "max", "hub/memory.high": "max", "hub/memory.current": str(GiB)}),
+    (["0::/"], {"cgroup.procs": "1"}),  # the root: no memory.max at all
+    (["4:cpu,cpuacct:/hub"], {"cpu,cpuacct/hub/memory.limit_in_bytes": str(GiB)}),  # not the memory controller
+    ([], {}),
+])
+def test_cgroup_memory_left_is_none_without_a_memory_limit(tmp_path, proc_lines, files):
+    proc, fs = fake_cgroups(tmp_path, proc_lines, files)
+    assert measure.cgroup_memory_left(proc, fs) is None
+    assert measure.cgroup_memory_left(tmp_path / "no-such-file", fs) is None
+
+
+@linux_only
+def test_by_default_a_small_cgroup_limit_skips_the_sizes_it_cannot_hold(tmp_path, monkeypatch):
+    """A hub user limited to 1 GiB, using 0.25 GiB: 0.75 GiB left, less than half of this
+    machine's MemAvailable; 8 MiB runs, 1 GiB is skipped and the reason names the cgroup."""
+    proc, fs = fake_cgroups(tmp_path, ["0::/hub"], {"hub/memory.max": str(GiB), "hub/memory.current": str(GiB // 4)})
+    real = measure.cgroup_memory_left
+    monkeypatch.setattr(measure, "cgroup_memory_left", lambda: real(proc, fs))
+    if measure.meminfo_kb("MemAvailable") * KiB // 2 <= 3 * GiB // 4:
+        pytest.skip("half of this machine's MemAvailable is already below the fake cgroup's 0.75 GiB")
+    results = measure.run(sizes=["8M", "1G"], repeats=1, thp=("off",), progress=None)
+    assert results.memory_limit == 3 * GiB // 4
+    assert [r.size for r in results.rows] == [8 * MiB]
+    [skip] = results.skipped
+    assert skip.size == GiB and "more than the limit of 0.75 GiB (what this process's memory cgroup leaves: " \
+        "memory.max 1.00 GiB less memory.current 0.25 GiB" in skip.reason
+
+
+def test_default_memory_limit_is_half_of_memavailable_below_a_looser_cgroup(monkeypatch):
+    monkeypatch.setattr(measure, "meminfo_kb", lambda name: {"MemAvailable": 4 * GiB // KiB}[name])
+    monkeypatch.setattr(measure, "cgroup_memory_left", lambda: (3 * GiB, "memory.max ..."))
+    assert measure.default_memory_limit() == (2 * GiB, "half of MemAvailable, 4.00 GiB")
+    monkeypatch.setattr(measure, "cgroup_memory_left", lambda: None)
+    assert measure.default_memory_limit() == (2 * GiB, "half of MemAvailable, 4.00 GiB")
+    monkeypatch.setattr(measure, "cgroup_memory_left", lambda: (GiB, "memory.max ..."))
+    assert measure.default_memory_limit() == (GiB, "what this process's memory cgroup leaves: memory.max ...")
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -46,8 +46,9 @@ def execute(path, *, write):
     return sum(cell.cell_type == "code" for cell in nb.cells), seconds
 
 
-def run(nb, folder):
-    """Execute `nb` in place, in a fresh kernel started in `folder`. Returns the seconds taken."""
+def run(nb, folder, on_kernel=None):
+    """Execute `nb` in place, in a fresh kernel started in `folder`. Returns the seconds taken.
+    `on_kernel(pid)`, if given, is called with the kernel's process id before the first cell."""
     client = NotebookClient(
         nb,
         kernel_name="python3",
@@ -56,12 +57,14 @@ def run(nb, folder):
         # Wall-clock stamps in every cell's metadata would change the file on every run.
         record_timing=False,
     )
+    if on_kernel is not None:
+        client.on_notebook_start = lambda notebook: on_kernel(client.km.provisioner.pid)
     start = time.perf_counter()
     client.execute()
     return time.perf_counter() - start
 
 
-def _resolve(name):
+def resolve(name):
     """A chapter named as in book.toml, or a path to a notebook."""
     path = Path(name)
     if not path.exists() and (NOTEBOOKS / name).exists():
@@ -87,7 +90,7 @@ def main(argv=None):
         return 0
 
     try:
-        paths = [_resolve(name) for name in (args.chapter or chapters())]
+        paths = [resolve(name) for name in (args.chapter or chapters())]
     except ValueError as error:
         parser.error(str(error))
     print(f"{'chapter':<32} {'cells':>5} {'seconds':>8}  budget {BUDGET_SECONDS} s")

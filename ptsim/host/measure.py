@@ -42,7 +42,9 @@ table with one PTE) as well.
 
 Memory is bounded: a size runs only if its buffer, plus the page tables of parent and child
 (the child shares every page, copy-on-write, and exits at once), fits in `memory_limit`,
-by default half of MemAvailable when the run starts. Larger sizes are skipped with the reason.
+by default the smaller of half of MemAvailable and what this process's memory cgroup still
+allows (`cgroup_memory_left`: on a JupyterHub, the user's limit) when the run starts. Larger
+sizes are skipped with the reason.
 
     results = run(sizes=["64M", "256M"], repeats=5, sparse_sizes=["1G"], progress=ProgressBar())
     save(results, "artifacts/measure"); results = load("artifacts/measure")
@@ -157,6 +159,68 @@ def meminfo_kb(field_name: str) -> int:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     raise KeyError(field_name)
+
+
+CGROUP_LIMITS = (  # (file with the limit, file with the usage it caps), cgroup v2 then v1
+    ("memory.max", "memory.current"),
+    ("memory.high", "memory.current"),  # v2's throttle: above it the kernel reclaims hard
+    ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+)
+
+
+def cgroup_memory_left(proc_cgroup: str | Path = "/proc/self/cgroup",
+                       cgroup_fs: str | Path = "/sys/fs/cgroup") -> tuple[int, str] | None:
+    """Bytes this process's memory cgroup still lets it use, and which limit says so; None
+    where no cgroup limits its memory.
+
+    The cgroup is named in `proc_cgroup`: "0::PATH" (v2, mounted at `cgroup_fs`, or at
+    `cgroup_fs`/unified beside v1) and "N:...memory...:PATH" (v1, at `cgroup_fs`/memory). For
+    that cgroup and each one above it that the mount shows (a container may see only its own,
+    at the mount's top), every limit of CGROUP_LIMITS that is set (not "max") leaves the limit
+    less the usage; the smallest of these is the answer (0 if the usage is already over)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    fs, tightest = Path(cgroup_fs), None
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        number, controllers, path = line.split(":", 2)
+        if number == "0" and controllers == "":
+            mounts = [fs, fs / "unified"]
+        elif "memory" in controllers.split(","):
+            mounts = [fs / "memory"]
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for mount in mounts:
+            for depth in range(len(parts), -1, -1):
+                folder = mount.joinpath(*parts[:depth])
+                for limit_file, usage_file in CGROUP_LIMITS:
+                    try:
+                        limit = (folder / limit_file).read_text().strip()
+                        usage = int((folder / usage_file).read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if limit == "max":
+                        continue
+                    left = max(int(limit) - usage, 0)
+                    if tightest is None or left < tightest[0]:
+                        tightest = (left, f"{limit_file} {int(limit) / GiB:.2f} GiB less {usage_file} "
+                                          f"{usage / GiB:.2f} GiB, {folder}")
+    return tightest
+
+
+def default_memory_limit() -> tuple[int, str]:
+    """Bytes one size may use unless told: the smaller of half of MemAvailable and what the
+    memory cgroup leaves (`cgroup_memory_left`), and a phrase saying which it is."""
+    available = meminfo_kb("MemAvailable") * KiB
+    limit, says = available // 2, f"half of MemAvailable, {available / GiB:.2f} GiB"
+    cgroup = cgroup_memory_left()
+    if cgroup is not None and cgroup[0] < limit:
+        limit, says = cgroup[0], f"what this process's memory cgroup leaves: {cgroup[1]}"
+    return limit, says
 
 
 def thp_setting(name: str = "enabled") -> str | None:
@@ -465,15 +529,14 @@ def run(sizes: Iterable[int | str] | None = None, repeats: int = 5, thp: tuple[s
 
     sizes, sparse_sizes: bytes or strings such as "64M", each a multiple of 2 MiB. repeats:
     forks per size; the medians are reported. memory_limit: bytes one size may use (default
-    half of MemAvailable). progress(done, total, message) is called before the first size and
+    `default_memory_limit()`: half of MemAvailable, or less if the memory cgroup leaves less). progress(done, total, message) is called before the first size and
     after each; None is silent."""
     sizes, sparse_sizes = _check_run_args(sizes, repeats, thp, memory_limit, sparse_sizes)
     require_linux()
     started = time.perf_counter()
     machine = machine_info()
     if memory_limit is None:
-        memory_limit = machine["mem_available_kb"] * KiB // 2
-        limit_says = f"half of MemAvailable, {machine['mem_available_kb'] * KiB / GiB:.2f} GiB"
+        memory_limit, limit_says = default_memory_limit()
     else:
         limit_says = "memory_limit"
     todo, skipped = _plan(sizes, thp, sparse_sizes, memory_limit, limit_says, machine["mem_total_kb"] * KiB)
@@ -744,7 +807,8 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--sparse", default="",
                         help="sizes measured again with one page written per 2 MiB, THP off, comma-separated "
                              "(such as 1G,2G,4G; default none)")
-    parser.add_argument("--memory-limit", type=_size_arg, help="bytes one size may use (default half of MemAvailable)")
+    parser.add_argument("--memory-limit", type=_size_arg, help="bytes one size may use (default half of MemAvailable, or what the memory cgroup "
+                             "leaves if that is less)")
     parser.add_argument("--out", default="artifacts/measure",
                         help="directory for the CSV, JSON and PNG (default artifacts/measure)")
     args = parser.parse_args(argv)
