@@ -145,10 +145,11 @@ def test_a_wrong_list_answer_gets_the_hint_too():
     [
         (dict(prompt=3), "prompt"),
         (dict(scenario="m"), "scenario"),
-        (dict(question=lambda s: True), "question"),
-        (dict(question=lambda s: None), "question"),
+        (dict(scenario=lambda a, b: None), "scenario"),
+        (dict(scenario=lambda rng: None), "key"),  # numbers drawn for a student need the exercise's name
+        (dict(student="ada"), "student"),  # a fixed scenario is the same for every student
+        (dict(key=""), "key"),
         (dict(choices=("a", "a")), "choices"),
-        (dict(choices=("copy", "shared")), "question"),  # 6 is not a choice
         (dict(explain=3), "explain"),
         (dict(hint=None), "hint"),
     ],
@@ -157,6 +158,17 @@ def test_bad_exercise_definitions_raise_value_error_naming_the_argument(kwargs, 
     args = dict(prompt="?", scenario=child_writes_page_3, question=table_pages) | kwargs
     with pytest.raises(ValueError, match=message):
         Exercise(args.pop("prompt"), args.pop("scenario"), args.pop("question"), **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(question=lambda s: True), dict(question=lambda s: None), dict(choices=("copy", "shared"))],  # 6 is not a choice
+)
+def test_a_question_that_gives_no_answer_is_refused_at_the_first_check(kwargs):
+    args = dict(scenario=child_writes_page_3, question=table_pages) | kwargs
+    ex = Exercise("?", args.pop("scenario"), args.pop("question"), **args)
+    with pytest.raises(ValueError, match="question: returned"):
+        ex.check(6)
 
 
 # -- Challenge -------------------------------------------------------------------------------
