@@ -48,8 +48,8 @@ SOLUTION_TAG = "solution"
 FOLDED = {"source_hidden": True, "outputs_hidden": True}
 COURSE_ID = "ptsim"
 NBGRADER_SCHEMA = 3
-# A check of an exercise or challenge, on a line of its own after the solution: `ex41.check(answer)`.
-_CHECK = re.compile(r"^(\w+)\.check\(", re.M)
+# A check of an exercise or challenge after the solution: `ex41.check(answer)`, `verdict = ch.check(m)`.
+_CHECK = re.compile(r"^(?:\w+ = )?(\w+)\.check\(", re.M)
 # A link from a chapter to a page beside it: [glossary](glossary.md#fault_anon).
 _PAGE_LINK = re.compile(r"\]\(([\w.-]+\.md)(?:#[^)]*)?\)")
 
