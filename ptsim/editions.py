@@ -15,7 +15,8 @@ The nbgrader course has one assignment per chapter (`04-sharing-tables.ipynb` is
 answer cell; when that cell checks an exercise (`ex41.check(answer)` after the solution), a
 locked autograder test cell worth one point follows it and asserts that the check accepted the
 answer (`ex41.solved`), so an answer cell that raises, or never checks, scores 0 and the rest
-are still graded. A solution nothing checks (a question answered in words, an experiment) is
+are still graded; its hidden part (not in the students' copy) asserts that an exercise with
+per-student numbers was made for the student whose submission runs, not remade for another. A solution nothing checks (a question answered in words, an experiment) is
 graded by hand, one point. Every other cell is locked, so autograding restores it as written.
 
     python -m ptsim.editions notebooks -o build/student        # write the student edition
@@ -179,10 +180,16 @@ def nbgrader_edition(nb: nbformat.NotebookNode, name: str = "notebook") -> tuple
         exercise = checked[0]
         auto.append(exercise)
         _nbgrader(cell, f"{exercise}-answer", solution=True)
-        test = nbformat.v4.new_code_cell(
-            f"# Autograder test, 1 point: the cell above checked a right answer to {exercise}.\n"
+        test = nbformat.v4.new_code_cell("\n".join([
+            f"# Autograder test, 1 point: the cell above checked a right answer to {exercise}.",
             f"assert {exercise}.solved, f\"{exercise}: {{{exercise}.last or 'the check did not run'}}\"",
-            id=f"{cell_id}-test")
+            # nbgrader keeps what lies between these markers out of the students' copy
+            "### BEGIN HIDDEN TESTS",
+            "from ptsim.exercises import submission_student",
+            f"made_for = getattr({exercise}, 'student', None)  # None: the same numbers for every student",
+            f"assert made_for in (None, submission_student() or made_for), f\"{exercise} was made for {{made_for}}, not this submission's student\"",
+            "### END HIDDEN TESTS",
+        ]), id=f"{cell_id}-test")
         _nbgrader(test, f"{exercise}-test", grade=True, points=1)
         cells.append(test)
     nb.cells = cells

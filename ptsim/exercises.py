@@ -95,10 +95,15 @@ def student_id(name: str | None = None) -> str:
         return name.strip()
     if os.environ.get("PTSIM_STUDENT", "").strip():
         return os.environ["PTSIM_STUDENT"].strip()
+    return submission_student() or os.environ.get("JUPYTERHUB_USER", "").strip() or READER
+
+
+def submission_student() -> str | None:
+    """The student whose submission nbgrader is running (read from the working directory,
+    submitted/<id>/<assignment>), or None: what the autograder's hidden tests hold an exercise's
+    student to, whatever the submission set in its environment."""
     graded = _NBGRADER_PATH.search(Path.cwd().as_posix())
-    if graded:
-        return graded.group(1)
-    return os.environ.get("JUPYTERHUB_USER", "").strip() or READER
+    return graded.group(1) if graded else None
 
 
 def student_rng(key: str, student: str | None = None) -> random.Random:

@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = "07-hard-cases.ipynb"
 ASSIGNMENT, NOTEBOOK = "ch07", "07-hard-cases"
 EXERCISES = ("ex71", "ex72", "ex73")
+STUDENTS = ("ada", "bob", "cy", "dee")
+REMADE_FOR_THE_READER = """import os
+os.environ["PTSIM_STUDENT"] = "reader"
+ex71 = Exercise(lambda state: "?", private_and_shared, copied_then_faults, key="7.1")
+"""
 
 
 def nbgrader(course, *args):
@@ -59,11 +64,13 @@ def graded(tmp_path_factory):
     submit(course, "ada", source)  # the instructor's solutions: right for every student's numbers
     submit(course, "bob", source, {"ex71": "answer = [0, 0]", "ex72": "answer = 4"})
     submit(course, "cy", source, {"ex72": "raise RuntimeError('a slip')"})
+    # dee remakes 7.1 with the book reader's numbers, to copy the book's solution
+    submit(course, "dee", source, {"ex71": REMADE_FOR_THE_READER + "answer = [ex71.state[2], 8]"})
     start = time.perf_counter()
     nbgrader(course, "autograde", ASSIGNMENT)
-    print(f"\nnbgrader autograde: {(time.perf_counter() - start) / 3:.1f} s per submission of {CHAPTER}")
+    print(f"\nnbgrader autograde: {(time.perf_counter() - start) / len(STUDENTS):.1f} s per submission of {CHAPTER}")
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        scores = {(s, e): gb.find_grade(f"{e}-test", NOTEBOOK, ASSIGNMENT, s).score for s in ("ada", "bob", "cy") for e in EXERCISES}
+        scores = {(s, e): gb.find_grade(f"{e}-test", NOTEBOOK, ASSIGNMENT, s).score for s in STUDENTS for e in EXERCISES}
     return course, scores
 
 
@@ -88,6 +95,16 @@ def test_wrong_answers_get_nothing_for_those_exercises_only(graded):
 def test_a_cell_that_raises_scores_0_and_the_rest_is_still_graded(graded):
     _, scores = graded
     assert [scores["cy", e] for e in EXERCISES] == [1, 0, 1]
+
+
+def test_an_exercise_remade_for_someone_else_scores_0_though_its_check_passed(graded):
+    course, scores = graded
+    assert [scores["dee", e] for e in EXERCISES] == [0, 1, 1]
+    nb = nbformat.read(course / "autograded" / "dee" / ASSIGNMENT / CHAPTER, as_version=4)
+    [remade] = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex71-answer"]
+    assert remade.outputs[-1]["data"]["text/plain"].startswith("Right:")  # the copied solution checks...
+    [test] = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex71-test"]
+    assert "ex71 was made for reader, not this submission's student" in test.outputs[-1]["evalue"]  # ...for the wrong student
 
 
 def test_each_student_is_graded_on_their_own_numbers(graded, monkeypatch):
