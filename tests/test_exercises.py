@@ -682,3 +682,27 @@ def test_every_exercise_of_the_chapters_is_graded_so_its_answer_is_withheld(path
         source = "".join(cell["source"])
         for name in re.findall(r"^(\w+) = Exercise\(", source, re.M):
             assert re.search(rf'key="\d+\.\d+"', source), f"{path.name}: {name} has no key"
+
+
+# The chapters' per-student exercises: (chapter, the cells that make the exercise and solve it, its name).
+PER_STUDENT = [
+    ("01-page-tables.ipynb", ("eb795842", "f453c311", "52e1ecdd"), "ex1"),
+    ("02-classic-fork.ipynb", ("37a0e274", "3a2fba52", "34fe88d0", "0ce9c437"), "ex3"),
+    ("03-cost-measured.ipynb", ("e8652743", "a30debbf", "fc8aecfa"), "ex1"),
+    ("04-sharing-tables.ipynb", ("c02", "c44", "c47", "c48"), "ex42"),
+    ("05-handle-mm-fault.ipynb", ("c02", "c06", "c45", "c51", "c52"), "ex53"),
+    ("07-hard-cases.ipynb", ("19639aa2", "ce2f17ad", "f57a3ea2"), "ex71"),
+    ("08-workloads.ipynb", ("893a6cac", "b248c96c", "99cc9cd6"), "ex81"),
+    ("09-what-came-after.ipynb", ("5c017694", "bd29ab53", "e01f1713"), "ex91"),
+]
+
+
+@pytest.mark.parametrize("name, cells, exercise", PER_STUDENT, ids=[f"{n[:2]}-{e}" for n, _, e in PER_STUDENT])
+def test_a_per_student_exercise_differs_by_student_and_the_instructors_solution_fits_each(monkeypatch, name, cells, exercise):
+    prompts = set()
+    for student in ("ada", "bob", "cy", "dee", "reader"):
+        monkeypatch.setenv("PTSIM_STUDENT", student)
+        ex = chapter_cells(name, *cells)[exercise]
+        assert ex.student == student and ex.solved, (student, str(ex.last))  # the solution cell checked it, right
+        prompts.add(ex.prompt)
+    assert len(prompts) > 1
