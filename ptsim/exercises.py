@@ -95,10 +95,15 @@ def student_id(name: str | None = None) -> str:
         return name.strip()
     if os.environ.get("PTSIM_STUDENT", "").strip():
         return os.environ["PTSIM_STUDENT"].strip()
+    return submission_student() or os.environ.get("JUPYTERHUB_USER", "").strip() or READER
+
+
+def submission_student() -> str | None:
+    """The student whose submission nbgrader is running (read from the working directory,
+    submitted/<id>/<assignment>), or None: what the autograder's hidden tests hold an exercise's
+    student to, whatever the submission set in its environment."""
     graded = _NBGRADER_PATH.search(Path.cwd().as_posix())
-    if graded:
-        return graded.group(1)
-    return os.environ.get("JUPYTERHUB_USER", "").strip() or READER
+    return graded.group(1) if graded else None
 
 
 def student_rng(key: str, student: str | None = None) -> random.Random:
@@ -160,6 +165,23 @@ def _callable(name: str, value, optional: bool = False) -> None:
 _LETTERS = "abcdefghij"
 
 
+class HiddenAnswer(RuntimeError):
+    """An exercise's answer asked for before the student has given it."""
+
+
+def _wants_rng(scenario: Callable) -> bool:
+    """Whether `scenario` takes one argument (the random numbers of per-student problems)
+    rather than none; any other signature is refused."""
+    try:
+        params = inspect.signature(scenario).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: called with nothing
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise ValueError(f"scenario must take no argument, or one (a random.Random), not {len(required)}")
+    return bool(required)
+
+
 class Exercise:
     """A question about a scenario, its answer computed by running ptsim.
 
@@ -168,14 +190,27 @@ class Exercise:
     prompt(state) (or a plain string) is the task; question(state) returns the answer, and may
     run what it asks about (a fork, an access) to measure it; explain(state, answer) says why;
     diagnose(state, answer, given) says why `given` is wrong (both normalised), or None.
+
+    `key` names the exercise in the book ("4.1"), and makes it one a class is graded on:
+    - a scenario that takes an argument, scenario(rng), gets `student_rng(key, student)`: each
+      student's own numbers (`student` as `student_id` reads it: a name given, nbgrader's
+      submission, the hub's user, or the book's reader), the same every time they are made;
+    - its answer is not given away: `answer` and `explain()` wait until `check()` has accepted
+      one. An exercise without a key (a quiz problem, whose `-c` prints it) shows them at once.
+
+    `state` is the student's to try things on: the answer is computed, at the first `check()`,
+    on a scenario built afresh from the same numbers, so nothing the student does to `state`
+    (or to its machine) changes it.
     """
 
     def __init__(
         self,
         prompt: str | Callable[[Any], str],
-        scenario: Callable[[], Any],
+        scenario: Callable[..., Any],
         question: Callable[[Any], Any],
         *,
+        key: str | None = None,
+        student: str | None = None,
         explain: Callable[[Any, Any], str] | None = None,
         diagnose: Callable[[Any, Any, Any], str | None] | None = None,
         choices: tuple[str, ...] | None = None,
@@ -191,20 +226,56 @@ class Exercise:
         _callable("show", show)
         if not isinstance(hint, str):
             raise ValueError(f"hint must be a string, not {hint!r}")
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise ValueError(f"key must be a non-empty string naming the exercise (\"4.1\"), not {key!r}")
+        per_student = _wants_rng(scenario)
+        if per_student and key is None:
+            raise ValueError("key: a scenario that takes random numbers needs the exercise's key, which seeds them")
+        if student is not None and not per_student:
+            raise ValueError("student: only a scenario that takes random numbers, scenario(rng), differs by student")
         if choices is not None:
             normals = [normal(c) if isinstance(c, str) else None for c in choices]
             if not 2 <= len(normals) <= len(_LETTERS) or None in normals or len(set(normals)) < len(normals):
                 raise ValueError(f"choices must be 2 to {len(_LETTERS)} distinct non-empty strings, not {choices!r}")
         self.choices = tuple(choices) if choices is not None else None
-        self.hint, self.show, self._diagnose = hint, show, diagnose
-        self.state = scenario()
+        self.key = key
+        self.student = student_id(student) if per_student else None
+        self.hint, self.show = hint, show
+        self._scenario, self._question, self._explain, self._diagnose = scenario, question, explain, diagnose
+        self._solved: tuple[Any, Any, str] | None = None  # (state, answer, explanation), once computed
+        self.tries = 0
+        self.solved = False  # some check() accepted an answer
+        self.last: Verdict | None = None  # the last check()'s verdict
+        self.state = self._build()
         self.prompt = prompt if isinstance(prompt, str) else prompt(self.state)
-        self.answer = question(self.state)
-        if normal(self.answer) is None:
-            raise ValueError(f"question: returned {self.answer!r}, which is not an answer (a number, a word, or a list of them)")
-        if self.choices is not None and normal(self.answer) not in [normal(c) for c in self.choices]:
-            raise ValueError(f"question: returned {self.answer!r}, which is not one of the choices {self.choices!r}")
-        self.explanation = explain(self.state, self.answer) if explain is not None else ""
+
+    def _build(self):
+        return self._scenario(student_rng(self.key, self.student)) if self.student is not None else self._scenario()
+
+    def _solve(self) -> tuple[Any, Any, str]:
+        """(state, answer, explanation), computed once, on a scenario of the checker's own;
+        for the checker and for tests, not for students (who have `check`)."""
+        if self._solved is None:
+            state = self._build()
+            answer = self._question(state)
+            if normal(answer) is None:
+                raise ValueError(f"question: returned {answer!r}, which is not an answer (a number, a word, or a list of them)")
+            if self.choices is not None and normal(answer) not in [normal(c) for c in self.choices]:
+                raise ValueError(f"question: returned {answer!r}, which is not one of the choices {self.choices!r}")
+            self._solved = state, answer, self._explain(state, answer) if self._explain is not None else ""
+        return self._solved
+
+    @property
+    def hidden(self) -> bool:
+        """Whether the answer is still withheld: a graded exercise (one with a key) not yet solved."""
+        return self.key is not None and not self.solved
+
+    @property
+    def answer(self):
+        if self.hidden:
+            raise HiddenAnswer(f"exercise {self.key}: the answer is yours to find; check(your_answer) says whether it is "
+                               "right (and often why not), and answer and explain() give it once check() has accepted yours.")
+        return self._solve()[1]
 
     def __str__(self) -> str:
         if self.choices is None:
@@ -221,14 +292,21 @@ class Exercise:
         return g
 
     def check(self, given) -> Verdict:
-        g, right = self._given(given), normal(self.answer)
+        self.last = self._verdict(given)
+        self.tries += 1
+        self.solved = self.solved or self.last.ok
+        return self.last
+
+    def _verdict(self, given) -> Verdict:
+        state, answer, explanation = self._solve()
+        g, right = self._given(given), normal(answer)
         if g is None:
             return Verdict(False, f"Not an answer: {_describe(given)}. Answer with a number (12 or 0xc), a word, or a list of them.")
         shown = _shown(g, self.show)
         if g == right:
-            return Verdict(True, f"Right: {shown}.{_after(self.explanation)}")
+            return Verdict(True, f"Right: {shown}.{_after(explanation)}")
         hint = f" Hint: {self.hint}" if self.hint else ""
-        reason = self._diagnose(self.state, right, g) if self._diagnose is not None else None
+        reason = self._diagnose(state, right, g) if self._diagnose is not None else None
         if reason is not None:
             return Verdict(False, f"Not {shown}: {reason}")
         if isinstance(right, tuple):  # which items are wrong, and the hint: a list needs both
@@ -236,8 +314,13 @@ class Exercise:
         return Verdict(False, f"Not {shown}.{hint}")
 
     def explain(self) -> Text:
-        """The answer and why (the `-c` of an OSTEP simulator)."""
-        return Text(f"Answer: {_shown(normal(self.answer), self.show)}.{_after(self.explanation)}")
+        """The answer and why (the `-c` of an OSTEP simulator); for a graded exercise, once
+        `check()` has accepted an answer."""
+        if self.hidden:
+            tried = f"{self.tries} answer{'s' if self.tries != 1 else ''} checked, none right yet" if self.tries else "no answer checked yet"
+            return Text(f"Exercise {self.key}: explain() gives the answer and why once check() has accepted yours ({tried}).")
+        _, answer, explanation = self._solve()
+        return Text(f"Answer: {_shown(normal(answer), self.show)}.{_after(explanation)}")
 
 
 def _after(explanation: str) -> str:
@@ -268,6 +351,9 @@ class Challenge:
         for goal in goals:
             _callable("goals", goal)
         self.prompt, self.goals = prompt, goals
+        self.tries = 0
+        self.solved = False  # some check() found every goal met
+        self.last: Verdict | None = None  # the last check()'s verdict
 
     def __str__(self) -> str:
         return self.prompt
@@ -275,6 +361,12 @@ class Challenge:
     __repr__ = __str__
 
     def check(self, *given) -> Verdict:
+        self.last = self._verdict(*given)
+        self.tries += 1
+        self.solved = self.solved or self.last.ok
+        return self.last
+
+    def _verdict(self, *given) -> Verdict:
         for obj in given:
             if not isinstance(obj, (Machine, Process)):
                 return Verdict(False, f"Not an answer: {_describe(obj)}. Pass the ptsim machine or processes you built.")

@@ -174,3 +174,17 @@ def test_chapter_opens_with_a_link_to_the_glossary(name):
     starts at any chapter finds the link on its first page."""
     opening = next(cell.source for cell in load(name).cells if cell.cell_type == "markdown")
     assert "](glossary.md" in opening, f"{name}: its opening cell does not link to the glossary (glossary.md)"
+
+
+@each_chapter
+def test_chapter_folds_its_solutions_so_the_reader_opens_them_when_ready(name):
+    """The reading edition shows no answer under its question: every solution cell is stored
+    folded (JupyterLab shows a bar; a click opens it), as `python -m ptsim.editions notebooks
+    --fold` leaves it; every other cell is open."""
+    from ptsim.editions import FOLDED, student_edition
+
+    nb = load(name)
+    stripped = student_edition(nb, name)  # a cell the student edition changes holds a solution
+    for index, (cell, student) in enumerate(zip(nb.cells, stripped.cells)):
+        folded = {k: v for k, v in cell.metadata.get("jupyter", {}).items() if k in FOLDED}
+        assert (folded == FOLDED) == (cell.source != student.source), where(index, cell)

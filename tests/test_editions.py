@@ -9,7 +9,16 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ptsim.editions import SolutionMarkerError, main, student_edition, write_student_edition
+from ptsim.editions import (
+    FOLDED,
+    SolutionMarkerError,
+    fold_solutions,
+    main,
+    nbgrader_edition,
+    student_edition,
+    write_nbgrader_course,
+    write_student_edition,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +42,7 @@ def chapter(solution=SOLUTION):
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
-        new_markdown_cell("# Sharing\nSolutions sit between ### BEGIN SOLUTION and ### END SOLUTION lines."),
+        new_markdown_cell("# Sharing\nEach solution sits between two marker lines."),
         new_code_cell(EXERCISE, execution_count=1),
         new_code_cell(solution, execution_count=2, outputs=[new_output("execute_result", {"text/plain": "Right: ..."}, execution_count=2)]),
         new_markdown_cell(PROSE_ANSWER, metadata={"tags": ["solution"]}),
@@ -150,3 +159,74 @@ def test_every_chapter_has_balanced_markers(path):
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     student = student_edition(nb, path.name)
     assert not any("SOLUTION" in line and line.strip().startswith("###") for c in student.cells if c.cell_type == "code" for line in c.source.split("\n"))
+
+
+def test_prose_that_names_a_marker_is_refused_since_nbgrader_would_read_it_as_one(tmp_path):
+    nb = chapter()
+    nb.cells[0].source = "Solutions sit between ### BEGIN SOLUTION and its END line."
+    with pytest.raises(SolutionMarkerError, match="cell 1 .*markdown names a solution marker"):
+        student_edition(nb, "ch.ipynb")
+    with pytest.raises(SolutionMarkerError):
+        nbgrader_edition(nb, "ch.ipynb")
+
+
+def test_fold_folds_the_solution_cells_only_and_the_student_edition_opens_them():
+    nb = chapter()
+    assert fold_solutions(nb) == 3 and fold_solutions(nb) == 0  # once is enough
+    folded = [i for i, c in enumerate(nb.cells) if c.metadata.get("jupyter") == FOLDED]
+    assert set(folded) == SOLUTION_CELLS
+    student = student_edition(nb)
+    assert not any("jupyter" in c.metadata for c in student.cells)
+
+
+def nbgrader_meta(cell):
+    return cell.metadata["nbgrader"]
+
+
+def test_nbgrader_edition_marks_answers_tests_and_locked_cells():
+    nb = chapter()
+    fold_solutions(nb)
+    graded, auto, manual = nbgrader_edition(nb, "ch.ipynb")
+    assert auto == ["ch"] and len(manual) == 2  # the tagged prose and the indented block: nothing checks them
+    metas = [nbgrader_meta(c) for c in graded.cells]
+    assert all(m["schema_version"] == 3 for m in metas)
+    ids = [m["grade_id"] for m in metas]
+    assert len(set(ids)) == len(ids) == len(nb.cells) + 1  # one test cell added
+    answer, test = graded.cells[2], graded.cells[3]
+    assert nbgrader_meta(answer) == {"grade": False, "grade_id": "ch-answer", "locked": False, "schema_version": 3, "solution": True, "task": False}
+    assert nbgrader_meta(test) | {"grade_id": None} == {"grade": True, "grade_id": None, "locked": True, "points": 1, "schema_version": 3, "solution": False, "task": False}
+    assert "jupyter" not in answer.metadata  # unfolded for the student
+    for cell in (graded.cells[4], graded.cells[5]):  # graded by hand
+        assert nbgrader_meta(cell)["solution"] and nbgrader_meta(cell)["grade"] and nbgrader_meta(cell)["points"] == 1
+    for i in (0, 1, 6):
+        assert nbgrader_meta(graded.cells[i])["locked"] and not nbgrader_meta(graded.cells[i])["solution"]
+    # the test passes when the exercise's check accepted an answer, and fails, saying why, when not
+    ns = run(new_notebook(cells=graded.cells[:3]))
+    exec(test.source, ns)  # the instructor's solution passes its test
+    ns["ch"].solved, ns["ch"].last = False, "Not yet: no table."
+    with pytest.raises(AssertionError, match="ch: Not yet: no table."):
+        exec(test.source, ns)
+
+
+def test_the_course_has_one_assignment_per_chapter_and_the_pages_they_link(tmp_path):
+    book = tmp_path / "book"
+    nb = chapter()
+    nb.cells[0].source += " See the [glossary](glossary.md#fault_anon)."
+    save(nb, book / "04-sharing.ipynb")
+    save(chapter(), book / "intro.ipynb")
+    (book / "glossary.md").write_text("# Glossary\n")
+    written = write_nbgrader_course([book], tmp_path / "course")
+    assert [(p.relative_to(tmp_path / "course").as_posix(), auto) for p, auto, _ in written] == [
+        ("source/ch04/04-sharing.ipynb", ["ch"]), ("source/intro/intro.ipynb", ["ch"])]
+    assert (tmp_path / "course" / "source" / "ch04" / "glossary.md").read_text() == "# Glossary\n"
+    assert not (tmp_path / "course" / "source" / "intro" / "glossary.md").exists()
+    config = (tmp_path / "course" / "nbgrader_config.py").read_text()
+    assert 'c.CourseDirectory.course_id = "ptsim"' in config and "#   ch04\n#   intro\n" in config
+    assert 'os.environ.pop("PTSIM_STUDENT", None)' in config
+    compile(config, "nbgrader_config.py", "exec")
+
+
+def test_nbgrader_needs_an_output_directory(capsys):
+    with pytest.raises(SystemExit):
+        main(["notebooks", "--nbgrader", "--check"])
+    assert "--nbgrader writes a course" in capsys.readouterr().err

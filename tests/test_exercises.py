@@ -138,10 +138,11 @@ def test_a_wrong_list_answer_gets_the_hint_too():
     [
         (dict(prompt=3), "prompt"),
         (dict(scenario="m"), "scenario"),
-        (dict(question=lambda s: True), "question"),
-        (dict(question=lambda s: None), "question"),
+        (dict(scenario=lambda a, b: None), "scenario"),
+        (dict(scenario=lambda rng: None), "key"),  # numbers drawn for a student need the exercise's name
+        (dict(student="ada"), "student"),  # a fixed scenario is the same for every student
+        (dict(key=""), "key"),
         (dict(choices=("a", "a")), "choices"),
-        (dict(choices=("copy", "shared")), "question"),  # 6 is not a choice
         (dict(explain=3), "explain"),
         (dict(hint=None), "hint"),
     ],
@@ -150,6 +151,17 @@ def test_bad_exercise_definitions_raise_value_error_naming_the_argument(kwargs, 
     args = dict(prompt="?", scenario=child_writes_page_3, question=table_pages) | kwargs
     with pytest.raises(ValueError, match=message):
         Exercise(args.pop("prompt"), args.pop("scenario"), args.pop("question"), **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(question=lambda s: True), dict(question=lambda s: None), dict(choices=("copy", "shared"))],  # 6 is not a choice
+)
+def test_a_question_that_gives_no_answer_is_refused_at_the_first_check(kwargs):
+    args = dict(scenario=child_writes_page_3, question=table_pages) | kwargs
+    ex = Exercise("?", args.pop("scenario"), args.pop("question"), **args)
+    with pytest.raises(ValueError, match="question: returned"):
+        ex.check(6)
 
 
 # -- Challenge -------------------------------------------------------------------------------
@@ -338,7 +350,7 @@ def test_exercise_5_2_wants_two_children_sharing_without_their_parent():
 def test_exercise_6_1_diagnoses_a_forgotten_pgd():
     ns = chapter_cells("06-zap-page-range.ipynb", "c02", "c04", "c36")
     ex61 = ns["ex61"]
-    copy, shared = ex61.answer
+    copy, shared = ex61._solve()[1]  # the checker's answer, withheld from students until they have it
     # independent of the exercise: the tables the first child alone reaches, every level
     for policy, answer in (("copy", copy), ("shared", shared)):
         mach, parent, first, second = ns["three_full_tables"](policy)
@@ -416,3 +428,120 @@ def test_student_rng_is_the_same_everywhere_and_differs_by_student_and_problem()
     assert int(other.stdout) == draws["ada", "4.1"]
     with pytest.raises(ValueError, match="key must be a non-empty string"):
         student_rng("")
+
+
+# -- graded exercises: answers withheld, numbers per student ----------------------------------
+
+
+def sized(rng):
+    """A toy process that wrote 1 to 8 pages, drawn from `rng`."""
+    m = toy()
+    p = m.spawn()
+    a = p.mmap(addr=2 * SPAN, length=SPAN)
+    pages = rng.randint(1, 8)
+    for i in range(pages):
+        p.write(a + i * PAGE, b"x")
+    return m, p, pages
+
+
+def faults(state):
+    m, p, pages = state
+    return p.minflt
+
+
+def test_a_graded_exercise_withholds_its_answer_until_check_accepts_one():
+    from ptsim.exercises import HiddenAnswer
+
+    ex = Exercise("How many page-table pages?", child_writes_page_3, table_pages, key="t.1", explain=lambda s, a: "(why)")
+    right = tables_held(child_writes_page_3(), [1, 2])  # the machine's own count, two processes
+    with pytest.raises(HiddenAnswer, match="exercise t.1: the answer is yours to find"):
+        ex.answer
+    assert str(ex.explain()) == "Exercise t.1: explain() gives the answer and why once check() has accepted yours (no answer checked yet)."
+    assert not ex.check(right + 1) and not ex.solved
+    assert "1 answer checked, none right yet" in str(ex.explain()) and str(right) not in str(ex.explain())
+    with pytest.raises(HiddenAnswer):
+        ex.answer
+    assert ex.check(right) and ex.solved and ex.tries == 2 and ex.last.ok
+    assert ex.answer == right and str(ex.explain()) == f"Answer: {right}. (why)"
+    assert not ex.check(right + 1) and ex.solved  # solved stays solved; last says what the last check said
+    assert not ex.last
+
+
+def test_an_exercise_without_a_key_shows_its_answer_at_once():
+    ex = Exercise("?", child_writes_page_3, table_pages)
+    assert ex.answer == len(list_tables(ex.state)) and ex.explain().startswith(f"Answer: {ex.answer}.")
+
+
+def test_the_checker_builds_its_own_scenario_so_the_students_experiments_do_not_move_the_answer():
+    ex = Exercise("?", child_writes_page_3, table_pages, key="t.2")
+    m = ex.state
+    right = len(list_tables(m))
+    m.spawn().fork()  # the student plays with the machine the exercise gave them
+    assert len(list_tables(m)) > right
+    assert ex.check(right) and ex.answer == right
+
+
+def test_each_student_gets_their_own_numbers_and_the_checker_their_answer():
+    made = {s: Exercise(lambda st: f"{st[2]} pages: faults taken?", sized, faults, key="t.3", student=s) for s in ("ada", "bob", "cy", "dee")}
+    assert len({ex.prompt for ex in made.values()}) > 1
+    for student, ex in made.items():
+        m, p, pages = ex.state
+        assert ex.student == student and ex.prompt == f"{pages} pages: faults taken?"
+        again = Exercise("?", sized, faults, key="t.3", student=student)
+        assert again.state[2] == pages  # the same numbers every time they are made
+        assert again.check(sum(p.translate(2 * SPAN + i * PAGE) is not None for i in range(8)))  # the pages it maps
+    other = Exercise("?", sized, faults, key="t.4", student="ada")  # another exercise: other numbers
+    assert [Exercise("?", sized, faults, key=f"t.{i}", student="ada").state[2] for i in range(12)] != [other.state[2]] * 12
+
+
+def test_in_nbgrader_the_exercise_is_made_for_the_student_whose_submission_runs(monkeypatch, tmp_path):
+    for var in ("PTSIM_STUDENT", "JUPYTERHUB_USER"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "course" / "autograded" / "bob" / "ch07"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    ex = Exercise(lambda st: f"{st[2]} pages?", sized, faults, key="t.3")
+    assert ex.student == "bob" and ex.prompt == Exercise(lambda st: f"{st[2]} pages?", sized, faults, key="t.3", student="bob").prompt
+
+
+def test_a_challenge_remembers_whether_it_was_met():
+    ch = Challenge("?", use_count_is(3))
+    m, p, c1, c2, a = three_sharers()
+    assert not ch.solved and ch.last is None
+    c2.exit()
+    assert not ch.check(m) and not ch.solved and ch.tries == 1
+    p.fork()
+    assert ch.check(m) and ch.solved and ch.last.ok
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_exercise_of_the_chapters_is_graded_so_its_answer_is_withheld(path):
+    """Every Exercise(...) a chapter makes names itself with a key (and so hides its answer)."""
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        for name in re.findall(r"^(\w+) = Exercise\(", source, re.M):
+            assert re.search(rf'key="\d+\.\d+"', source), f"{path.name}: {name} has no key"
+
+
+# The chapters' per-student exercises: (chapter, the cells that make the exercise and solve it, its name).
+PER_STUDENT = [
+    ("01-page-tables.ipynb", ("eb795842", "f453c311", "52e1ecdd"), "ex1"),
+    ("02-classic-fork.ipynb", ("37a0e274", "3a2fba52", "34fe88d0", "0ce9c437"), "ex3"),
+    ("03-cost-measured.ipynb", ("e8652743", "a30debbf", "fc8aecfa"), "ex1"),
+    ("04-sharing-tables.ipynb", ("c02", "c44", "c47", "c48"), "ex42"),
+    ("05-handle-mm-fault.ipynb", ("c02", "c06", "c45", "c51", "c52"), "ex53"),
+    ("07-hard-cases.ipynb", ("19639aa2", "ce2f17ad", "f57a3ea2"), "ex71"),
+    ("08-workloads.ipynb", ("893a6cac", "b248c96c", "99cc9cd6"), "ex81"),
+    ("09-what-came-after.ipynb", ("5c017694", "bd29ab53", "e01f1713"), "ex91"),
+]
+
+
+@pytest.mark.parametrize("name, cells, exercise", PER_STUDENT, ids=[f"{n[:2]}-{e}" for n, _, e in PER_STUDENT])
+def test_a_per_student_exercise_differs_by_student_and_the_instructors_solution_fits_each(monkeypatch, name, cells, exercise):
+    prompts = set()
+    for student in ("ada", "bob", "cy", "dee", "reader"):
+        monkeypatch.setenv("PTSIM_STUDENT", student)
+        ex = chapter_cells(name, *cells)[exercise]
+        assert ex.student == student and ex.solved, (student, str(ex.last))  # the solution cell checked it, right
+        prompts.add(ex.prompt)
+    assert len(prompts) > 1
