@@ -75,15 +75,18 @@ def offline_tab(browser):
     tab.set_default_timeout(RENDER_MS)
     problems = []
 
+    def short(url):
+        return url if len(url) <= 120 else url[:117] + "..."
+
     def only_files(route):
         if route.request.url.startswith("file://"):
             route.continue_()
         else:
-            problems.append(f"refused request: {route.request.url}")
+            problems.append(f"refused request: {short(route.request.url)}")
             route.abort()
 
     tab.route("**/*", only_files)
-    tab.on("requestfailed", lambda request: problems.append(f"failed request: {request.url} ({request.failure})"))
+    tab.on("requestfailed", lambda request: problems.append(f"failed request: {short(request.url)} ({request.failure})"))
     tab.on("console", lambda message: message.type == "error" and problems.append(f"console error: {message.text}"))
     tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     try:
