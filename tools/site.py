@@ -6,8 +6,8 @@ chapter with its stored outputs under the notebook's own name (01-page-tables.ht
 rules of sharing and the glossary. Every page has the table of contents and previous/next links;
 links to chapters, to rules-of-sharing.md and to glossary.md point at the built pages.
 
-Everything a page loads ships in the site: nbconvert's lab template with its CSS inlined, no
-require.js, MathJax or mermaid (the chapters use none), and the widget manager of the npm
+Everything a page loads ships in the site: nbconvert's lab template, its styles in one book.css,
+no require.js, MathJax or mermaid (the chapters use none), and the widget manager of the npm
 registry's @jupyter-widgets/html-manager (its prebuilt dist/embed.js and fonts, fetched with
 `npm pack` into build/npm/, checked against the pinned integrity, with its licence). It renders
 the widget states stored in the chapters; a widget whose controls need a Python kernel shows
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -51,8 +52,13 @@ HTML_MANAGER_VERSION = "1.0.15"
 HTML_MANAGER_INTEGRITY = "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA=="
 # What the site takes from the package's dist/: the bundle, its third-party notices and the
 # Font Awesome fonts its CSS loads relative to it (not the source maps or the AMD bundles).
-WIDGET_FILES = re.compile(r"package/dist/(embed\.js|embed\.js\.LICENSE\.txt|[0-9a-f]{20}\.(eot|svg|ttf|woff2?))")
+# Font Awesome's CSS also names .eot (Internet Explorer) and .svg fonts, which no browser that
+# runs embed.js loads: they stay out.
+WIDGET_FILES = re.compile(r"package/dist/(embed\.js|embed\.js\.LICENSE\.txt|[0-9a-f]{20}\.(ttf|woff2?))")
 WIDGETS_DIR = "widgets"
+# The styles every page inlines (the lab theme, code highlighting, the site's own), shipped once.
+STYLESHEET = "book.css"
+STYLES = re.compile(r"<style[^>]*>(.*?)</style>\s*", flags=re.DOTALL)
 
 # Widget models that only show something: a view made of these alone needs no kernel.
 DISPLAY_ONLY = {
@@ -158,15 +164,15 @@ class NpmMissing(RuntimeError):
     """The widget manager is neither in build/npm/ nor fetchable: no npm on this machine."""
 
 
+@dataclass
 class Page:
-    """One page of the site: where its text comes from and what it is called."""
+    """One page of the site: its source file, its file name, its title and the notebook that
+    nbconvert renders (a .md file's text as one Markdown cell)."""
 
-    def __init__(self, source, name, title, notebook):
-        self.source, self.name, self.title, self.notebook = source, name, title, notebook
-
-    @property
-    def href(self):
-        return self.name
+    source: Path
+    name: str
+    title: str
+    notebook: nbformat.NotebookNode | None
 
 
 def pages():
@@ -328,7 +334,7 @@ def build(out=SITE):
     widget_manager(out)
     book = pages()
     targets = {page.source.resolve(): page.name for page in book}
-    toc = [{"href": page.href, "title": page.title} for page in book]
+    toc = [{"href": page.name, "title": page.title} for page in book]
     html_exporter = exporter()
     for position, page in enumerate(book):
         site = {
@@ -344,7 +350,14 @@ def build(out=SITE):
             page.notebook, resources={"ptsim_site": site, "metadata": {"name": title}}
         )
         markup = rewrite_links(markup, page.source.parent, targets, page.source.name)
-        (out / page.name).write_text(markup)
+        head, body = markup.split("</head>", 1)
+        styles = "\n".join(STYLES.findall(head))
+        if (out / STYLESHEET).exists() and (out / STYLESHEET).read_text() != styles:
+            raise RuntimeError(f"{page.name}: its styles differ from the other pages'")
+        (out / STYLESHEET).write_text(styles)
+        link = f'<link rel="stylesheet" href="{STYLESHEET}"/>\n'
+        head = STYLES.sub(lambda _: "", STYLES.sub(lambda _: link, head, count=1))
+        (out / page.name).write_text(head + "</head>" + body)
     return [page.name for page in book]
 
 
