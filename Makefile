@@ -1,6 +1,7 @@
 # `make book` opens the book, `make test` runs every test, `make bench` prints the fork figures,
 # `make measure` measures this machine's real kernel, `make chapters` re-runs every chapter in a
-# fresh kernel and stores its outputs (timed, against the 30 s budget).
+# fresh kernel and stores its outputs (timed, against the 30 s budget), `make site` builds the
+# book as a static web site in build/site/ that works offline (npm fetches the widget manager once).
 # Each creates .venv on first use (with the Python that runs `python3`, 3.11 or newer) and
 # reuses it after; it is rebuilt when pyproject.toml changes.
 
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told to.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: book test bench measure chapters
+.PHONY: book test bench measure chapters site
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ptsim needs Python 3.11 or newer, and $(PYTHON) is " + sys.version.split()[0])'
@@ -36,3 +37,6 @@ measure: $(STAMP)
 
 chapters: $(STAMP)
 	$(BIN)/python -m tools.book run
+
+site: $(STAMP)
+	$(BIN)/python -m tools.site
