@@ -1,10 +1,6 @@
 """Hypothesis profiles. By default every run plays the same examples (derandomized), so that
 `make test` and CI agree; `HYPOTHESIS_PROFILE=explore make test` draws new ones each run.
-
-The chapters' per-student exercises are stored with the book's reader's numbers, and nbval
-compares them: pin the reader, so that a JUPYTERHUB_USER (a class's hub) or a PTSIM_STUDENT in
-the environment does not make them someone else's. The kernels nbval starts inherit this
-environment (--nbval-current-env); tests that want another student name one or monkeypatch."""
+(The reader is pinned for every test, the chapters' too, in the conftest.py at the top.)"""
 
 import os
 
@@ -14,4 +10,3 @@ settings.register_profile("repeatable", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
-os.environ["PTSIM_STUDENT"] = "reader"

@@ -2,6 +2,7 @@
 fact of the machine (a translation, a fault count, who points at a table), never to itself."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path

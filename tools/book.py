@@ -11,6 +11,7 @@ depend on the machine).
 """
 
 import argparse
+import os
 import sys
 import time
 import tomllib
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from ptsim.exercises import READER
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -47,8 +50,10 @@ def execute(path, *, write):
 
 
 def run(nb, folder, on_kernel=None):
-    """Execute `nb` in place, in a fresh kernel started in `folder`. Returns the seconds taken.
-    `on_kernel(pid)`, if given, is called with the kernel's process id before the first cell."""
+    """Execute `nb` in place, in a fresh kernel started in `folder`, as the book's reader (the
+    per-student exercises get the reader's numbers, whoever runs it). Returns the seconds
+    taken. `on_kernel(pid)`, if given, is called with the kernel's process id before the first
+    cell."""
     client = NotebookClient(
         nb,
         kernel_name="python3",
@@ -60,7 +65,7 @@ def run(nb, folder, on_kernel=None):
     if on_kernel is not None:
         client.on_notebook_start = lambda notebook: on_kernel(client.km.provisioner.pid)
     start = time.perf_counter()
-    client.execute()
+    client.execute(env={**os.environ, "PTSIM_STUDENT": READER})
     return time.perf_counter() - start
 
 
