@@ -21,6 +21,7 @@ graded by hand, one point. Every other cell is locked, so autograding restores i
 
     python -m ptsim.editions notebooks -o build/student        # write the student edition
     python -m ptsim.editions notebooks --nbgrader -o course    # write an nbgrader course
+    python -m ptsim.editions notebooks --nbgrader -o course --samples ch07   # and 3 sample submissions
     python -m ptsim.editions notebooks --check                  # only check the markers
     python -m ptsim.editions notebooks --fold                   # fold the solutions in place
 
@@ -281,10 +282,46 @@ def write_nbgrader_course(paths: list[Path], out: Path) -> list[tuple[Path, list
     return written
 
 
+# The sample submissions `--samples` writes: a class's three kinds of answer, to rehearse grading.
+SAMPLES = ("sample-right", "sample-wrong", "sample-raises")
+# A solution region whose check reads `answer` (`ex41.check(answer)`), with what follows it.
+_ANSWER_REGION = re.compile(rf"^{re.escape(BEGIN)}\n.*?^{re.escape(END)}(?=\n(?:\w+ = )?\w+\.check\(answer\))", re.S | re.M)
+
+
+def write_samples(course: Path, assignment: str) -> list[Path]:
+    """Three submissions of `assignment` in course/submitted/, made from its source notebooks,
+    as an instructor would receive them: `sample-right` the instructor's solutions (full
+    marks), `sample-wrong` every answer an exercise checks replaced by `answer = -1` (no point
+    for those, the rest graded), `sample-raises` the first such answer replaced by a cell that
+    raises (no point there, the rest graded). Returns the notebooks written."""
+    source = course / "source" / assignment
+    notebooks = sorted(source.glob("*.ipynb"))
+    if not notebooks:
+        raise ValueError(f"samples: {source} holds no notebook; write the course first (--nbgrader -o {course})")
+    written = []
+    for student in SAMPLES:
+        folder = course / "submitted" / student / assignment
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in notebooks:
+            nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+            slips = 0
+            for cell in nb.cells:
+                if cell.metadata.get("nbgrader", {}).get("solution") and _ANSWER_REGION.search(cell.source):
+                    if student == "sample-wrong":
+                        cell.source = _ANSWER_REGION.sub("answer = -1", cell.source)
+                    elif student == "sample-raises" and not slips:
+                        cell.source = _ANSWER_REGION.sub('raise RuntimeError("a sample slip")', cell.source)
+                        slips += 1
+            nbformat.write(nb, folder / path.name)
+            written.append(folder / path.name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ptsim.editions", description="Write the student edition of the book's notebooks, or an nbgrader course of them.")
     parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks, or directories of them")
     parser.add_argument("--nbgrader", action="store_true", help="with -o: write an nbgrader course (one assignment per chapter)")
+    parser.add_argument("--samples", metavar="ASSIGNMENT", help=f"with --nbgrader: also write three sample submissions of ASSIGNMENT ({', '.join(SAMPLES)}), to rehearse grading")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("-o", "--out", type=Path, help="directory for the student edition (or the course)")
     what.add_argument("--check", action="store_true", help="only check the solution markers")
@@ -292,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nbgrader and args.out is None:
         parser.error("--nbgrader writes a course: give its directory with -o")
+    if args.samples is not None and not args.nbgrader:
+        parser.error("--samples goes with --nbgrader: the samples are submissions of the course's assignment")
     try:
         if args.check:
             for path, _, cells in student_editions(args.notebooks):
@@ -309,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             for path, auto, manual in write_nbgrader_course(args.notebooks, args.out):
                 print(f"wrote {path} ({len(auto)} autograded: {', '.join(auto) or 'none'}; {len(manual)} graded by hand)")
             print(f"wrote {args.out / 'nbgrader_config.py'}")
+            if args.samples is not None:
+                for path in write_samples(args.out, args.samples):
+                    print(f"wrote {path}")
         else:
             for path, cells in write_student_edition(args.notebooks, args.out):
                 print(f"wrote {path} ({cells} solution cell(s) stripped)")

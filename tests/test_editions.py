@@ -230,3 +230,12 @@ def test_nbgrader_needs_an_output_directory(capsys):
     with pytest.raises(SystemExit):
         main(["notebooks", "--nbgrader", "--check"])
     assert "--nbgrader writes a course" in capsys.readouterr().err
+
+
+def test_samples_need_the_course_and_an_assignment_it_has(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(ROOT / "notebooks"), "-o", str(tmp_path / "student"), "--samples", "ch07"])
+    assert "--samples goes with --nbgrader" in capsys.readouterr().err
+    chapter = str(ROOT / "notebooks" / "07-hard-cases.ipynb")
+    assert main([chapter, "--nbgrader", "-o", str(tmp_path / "course"), "--samples", "ch99"]) == 1
+    assert "samples: " in capsys.readouterr().err and not (tmp_path / "course" / "submitted").exists()

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from ptsim.editions import main
+from ptsim.editions import SAMPLES, main
 from tests.test_exercises import chapter_cells
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def submit(course, student, nb, replace=None):
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     course = tmp_path_factory.mktemp("course")
-    assert main([str(ROOT / "notebooks" / CHAPTER), "--nbgrader", "-o", str(course)]) == 0
+    assert main([str(ROOT / "notebooks" / CHAPTER), "--nbgrader", "-o", str(course), "--samples", ASSIGNMENT]) == 0
     nbgrader(course, "generate_assignment", ASSIGNMENT)
     source = nbformat.read(course / "source" / ASSIGNMENT / CHAPTER, as_version=4)
     submit(course, "ada", source)  # the instructor's solutions: right for every student's numbers
@@ -68,9 +68,9 @@ def graded(tmp_path_factory):
     submit(course, "dee", source, {"ex71": REMADE_FOR_THE_READER + "answer = [ex71.state[2], 8]"})
     start = time.perf_counter()
     nbgrader(course, "autograde", ASSIGNMENT)
-    print(f"\nnbgrader autograde: {(time.perf_counter() - start) / len(STUDENTS):.1f} s per submission of {CHAPTER}")
+    print(f"\nnbgrader autograde: {(time.perf_counter() - start) / (len(STUDENTS) + len(SAMPLES)):.1f} s per submission of {CHAPTER}")
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        scores = {(s, e): gb.find_grade(f"{e}-test", NOTEBOOK, ASSIGNMENT, s).score for s in STUDENTS for e in EXERCISES}
+        scores = {(s, e): gb.find_grade(f"{e}-test", NOTEBOOK, ASSIGNMENT, s).score for s in STUDENTS + SAMPLES for e in EXERCISES}
     return course, scores
 
 
@@ -120,3 +120,10 @@ def test_each_student_is_graded_on_their_own_numbers(graded, monkeypatch):
         [cell] = [c for c in nb.cells if c.get("id") == "ce2f17ad"]
         assert cell.outputs[-1]["data"]["text/plain"] == shown[student]
     assert len(set(shown.values())) > 1  # the numbers do differ between students
+
+
+def test_the_sample_submissions_an_instructor_rehearses_with_grade_as_they_say(graded):
+    """`--samples`: the instructor's solutions get every point; every checked answer -1, none;
+    the first answer raising, none there and the rest still graded."""
+    _, scores = graded
+    assert [[scores[s, e] for e in EXERCISES] for s in SAMPLES] == [[1, 1, 1], [0, 0, 0], [0, 1, 1]]
