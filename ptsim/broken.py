@@ -198,7 +198,11 @@ def assigned(student: str | None = None) -> SharedPolicy:
 
 class FindTheBug:
     """The exercise: name the function of your assigned kernel that is wrong, and the rule it
-    breaks. The answer is worked out again, from the student's id, at every check."""
+    breaks. The answer is worked out again, from the student's id, at every check; as the
+    book's exercises do, it records whether a check was right (`solved`), for an autograder."""
+
+    def __init__(self):
+        self.tries, self.solved, self.last = 0, False, None
 
     prompt = ("`ptsim.broken.assigned()` is a sharing policy with one bug. Experiment with it (machines, "
               "`ptsim.lab.check`, `m.check()`, traces) and name the method that is wrong, one of "
@@ -210,6 +214,12 @@ class FindTheBug:
     __repr__ = __str__
 
     def check(self, function, rule, student: str | None = None) -> Verdict:
+        self.last = self._verdict(function, rule, student)
+        self.tries += 1
+        self.solved = self.solved or self.last.ok
+        return self.last
+
+    def _verdict(self, function, rule, student: str | None) -> Verdict:
         bug, number = _pick(student)
         name = normal(function) if isinstance(function, str) else None
         rule = normal(rule)

@@ -60,8 +60,9 @@ class SolutionMarkerError(ValueError):
     """BEGIN/END SOLUTION markers that do not balance, or that share their line."""
 
 
-def strip_solutions(source: str, where: str) -> str | None:
-    """`source` with each solution block replaced by the stub, or None if it has no block."""
+def strip_solutions(source: str, where: str, stub: tuple[str, ...] = CODE_STUB) -> str | None:
+    """`source` with each solution block replaced by `stub` (its lines, at the block's
+    indentation), or None if it has no block."""
     out, opened, blocks = [], None, 0
     for number, line in enumerate(source.split("\n"), 1):
         marker = BEGIN if "BEGIN SOLUTION" in line else END if "END SOLUTION" in line else None
@@ -76,7 +77,7 @@ def strip_solutions(source: str, where: str) -> str | None:
                 raise SolutionMarkerError(f"{where}, line {number}: {BEGIN!r} inside the block opened at line {opened}")
             opened, blocks = number, blocks + 1
             indent = line[: len(line) - len(line.lstrip())]
-            out += [indent + stub for stub in CODE_STUB]
+            out += [indent + line for line in stub]
         elif opened is None:
             raise SolutionMarkerError(f"{where}, line {number}: {END!r} with no {BEGIN!r} before it")
         else:
@@ -284,16 +285,20 @@ def write_nbgrader_course(paths: list[Path], out: Path) -> list[tuple[Path, list
 
 # The sample submissions `--samples` writes: a class's three kinds of answer, to rehearse grading.
 SAMPLES = ("sample-right", "sample-wrong", "sample-raises")
-# A solution region whose check reads `answer` (`ex41.check(answer)`), with what follows it.
-_ANSWER_REGION = re.compile(rf"^{re.escape(BEGIN)}\n.*?^{re.escape(END)}(?=\n(?:\w+ = )?\w+\.check\(answer\))", re.S | re.M)
+# A check that reads the answer the solution sets: `ex41.check(answer)`.
+_CHECKS_ANSWER = re.compile(r"^(?:\w+ = )?\w+\.check\(answer\)", re.M)
+WRONG_ANSWER = ("answer = -1",)
+SLIP = ('raise RuntimeError("a sample slip")',)
 
 
 def write_samples(course: Path, assignment: str) -> list[Path]:
     """Three submissions of `assignment` in course/submitted/, made from its source notebooks,
-    as an instructor would receive them: `sample-right` the instructor's solutions (full
-    marks), `sample-wrong` every answer an exercise checks replaced by `answer = -1` (no point
-    for those, the rest graded), `sample-raises` the first such answer replaced by a cell that
-    raises (no point there, the rest graded). Returns the notebooks written."""
+    as an instructor would receive them. `sample-right`: the instructor's solutions (full
+    marks, but for a per-student problem whose stored solution is the reader's answer, such as
+    the find-the-bug exercise). `sample-wrong`: every autograded solution wrong (`answer = -1`
+    where the check reads `answer`) or left undone (the student edition's stub): no point for
+    them, the rest still graded. `sample-raises`: the first autograded solution raises; no
+    point there, the rest graded. Returns the notebooks written."""
     source = course / "source" / assignment
     notebooks = sorted(source.glob("*.ipynb"))
     if not notebooks:
@@ -304,14 +309,13 @@ def write_samples(course: Path, assignment: str) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         for path in notebooks:
             nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-            slips = 0
-            for cell in nb.cells:
-                if cell.metadata.get("nbgrader", {}).get("solution") and _ANSWER_REGION.search(cell.source):
-                    if student == "sample-wrong":
-                        cell.source = _ANSWER_REGION.sub("answer = -1", cell.source)
-                    elif student == "sample-raises" and not slips:
-                        cell.source = _ANSWER_REGION.sub('raise RuntimeError("a sample slip")', cell.source)
-                        slips += 1
+            graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id", "").endswith("-answer")]
+            for number, cell in enumerate(graded):
+                where = f"{path.name}: cell {cell.get('id')}"
+                if student == "sample-wrong":
+                    cell.source = strip_solutions(cell.source, where, WRONG_ANSWER if _CHECKS_ANSWER.search(cell.source) else CODE_STUB)
+                elif student == "sample-raises" and number == 0:
+                    cell.source = strip_solutions(cell.source, where, SLIP)
             nbformat.write(nb, folder / path.name)
             written.append(folder / path.name)
     return written

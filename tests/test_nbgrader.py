@@ -127,3 +127,21 @@ def test_the_sample_submissions_an_instructor_rehearses_with_grade_as_they_say(g
     the first answer raising, none there and the rest still graded."""
     _, scores = graded
     assert [[scores[s, e] for e in EXERCISES] for s in SAMPLES] == [[1, 1, 1], [0, 0, 0], [0, 1, 1]]
+
+
+def test_the_lab_is_graded_step_by_step(tmp_path):
+    """Chapter 10 in the course: its three steps and two exercises are autograded (`Graded` and
+    `FIND_THE_BUG` record whether a check passed). The instructor's solutions pass every step;
+    10.1's stored solution is the reader's kernel's answer, so it is wrong for another student
+    (unless both drew one bug); steps left undone score 0."""
+    lab = "10-lab-write-the-patch"
+    assert main([str(ROOT / "notebooks" / f"{lab}.ipynb"), "--nbgrader", "-o", str(tmp_path), "--samples", "ch10"]) == 0
+    nbgrader(tmp_path, "generate_assignment", "ch10")
+    nbgrader(tmp_path, "autograde", "ch10")
+    graded = ("step1", "step2", "step3", "ex101", "ex102")
+    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}") as gb:
+        scores = {s: [gb.find_grade(f"{e}-test", lab, "ch10", s).score for e in graded] for s in SAMPLES}
+    from ptsim.broken import FIND_THE_BUG
+    readers_answer_fits = bool(FIND_THE_BUG.check("unshare", 4, student="sample-right"))
+    assert scores["sample-right"] == [1, 1, 1, int(readers_answer_fits), 1]
+    assert scores["sample-wrong"] == [0, 0, 0, 0, 0]
