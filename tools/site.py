@@ -200,7 +200,8 @@ def index_markdown(others):
     listed = [page for page in others if page.source.suffix == ".ipynb"]
     lines = [f"# {book_title()}", "", opening(README.read_text()), "", "## Chapters", ""]
     # Links to the sources, as README.md would write them: rewrite_links points them at the pages.
-    lines += [f"1. [{page.title}]({page.source.relative_to(ROOT)})" for page in listed]
+    # A bullet list: each chapter's title holds its number already ("4. Phillips' idea").
+    lines += [f"- [{page.title}]({page.source.relative_to(ROOT)})" for page in listed]
     lines += ["", "## Appendices", ""]
     lines += [f"- [{page.title}]({page.source.relative_to(ROOT)})" for page in others if page not in listed]
     lines += [
