@@ -65,6 +65,7 @@ def run_all(page):
     """Clear every output, then Run All Cells from the Run menu, as a reader would; return once
     the kernel is done: no cell is queued ([*]) and, since stored counts were cleared, a numbered
     prompt is one this run wrote. A cell that raises stops Run All and leaves the rest blank."""
+    menu(page, "View", "Expand All Code")  # the folded solutions, whose prompts are hidden with them
     menu(page, "Edit", "Clear Outputs of All Cells")
     expect(page.locator(CODE_PROMPTS).filter(has_text=re.compile(r"\d"))).to_have_count(0)
     menu(page, "Run", "Run All Cells")
@@ -95,6 +96,9 @@ def test_chapter_runs_in_jupyterlab_with_no_error_it_did_not_store(name, page, j
     code = [cell for cell in stored(name).cells if cell.cell_type == "code"]
     open_chapter(page, jupyterlab, name)
     page.screenshot(path=artifacts / f"{name[:-6]}-opened.png")
+    # The reading edition: each solution opens folded (a placeholder bar in place of its code).
+    folded = sum(bool(cell.metadata.get("jupyter", {}).get("source_hidden")) for cell in code)
+    expect(page.locator(".jp-Notebook .jp-InputPlaceholder")).to_have_count(folded)
     run_all(page)
     page.screenshot(path=artifacts / f"{name[:-6]}-run-all.png")
     shown = tracebacks(page)
