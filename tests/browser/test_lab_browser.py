@@ -97,7 +97,7 @@ def test_chapter_runs_in_jupyterlab_with_no_error_it_did_not_store(name, page, j
     open_chapter(page, jupyterlab, name)
     page.screenshot(path=artifacts / f"{name[:-6]}-opened.png")
     # The reading edition: each solution opens folded (a placeholder bar in place of its code).
-    folded = sum(bool(cell.metadata.get("jupyter", {}).get("source_hidden")) for cell in code)
+    folded = sum(bool(cell.metadata.get("jupyter", {}).get("source_hidden")) for cell in stored(name).cells)
     expect(page.locator(".jp-Notebook .jp-InputPlaceholder")).to_have_count(folded)
     run_all(page)
     page.screenshot(path=artifacts / f"{name[:-6]}-run-all.png")
