@@ -449,11 +449,11 @@ def parse(lines) -> list[Step]:
                     raise ValueError("swap_out takes 1 argument(s), the address")
                 if tokens[0] not in live:
                     raise ValueError(f"process {tokens[0]} is not alive")
-                addr = sc._number(tokens[2], "address")
-                sc._in_region(addr, 1)
+                addr = sc.parse_number(tokens[2], "address")
+                sc.check_in_region(addr, 1)
                 steps.append(Step(text, "swap_out", process=tokens[0], args=(addr,)))
             else:
-                call = sc._parse_line(number, line, live, used)
+                call = sc.parse_line(number, line, live, used)
                 if call is not None and call.op != "observe":
                     steps.append(Step(str(call), call.op, call=call, process=call.process))
         except ValueError as e:
@@ -468,14 +468,14 @@ def _parse_expect(text: str, args: list[str], live: set[str]) -> Step:
     if len(rest) != _ARITY[kind]:
         raise ValueError(f"expect {kind} takes {EXPECTS[kind]}")
     if kind == "gained":
-        return Step(text, "expect", args=(kind, rest[0], sc._number(rest[1], "count")))
+        return Step(text, "expect", args=(kind, rest[0], sc.parse_number(rest[1], "count")))
     names = rest[:2] if kind in ("same_table", "own_table") else rest[:1]
     for name in names:
         if name not in live:
             raise ValueError(f"process {name} is not alive")
     values = rest[len(names):]
-    addr = sc._number(values[0], "address")
-    return Step(text, "expect", args=(kind, *names, addr, *(sc._number(v, "count") for v in values[1:])))
+    addr = sc.parse_number(values[0], "address")
+    return Step(text, "expect", args=(kind, *names, addr, *(sc.parse_number(v, "count") for v in values[1:])))
 
 
 # -- playing ---------------------------------------------------------------------------------
@@ -582,7 +582,7 @@ class _Player:
 
     def _access(self, p, o, call: sc.Call) -> None:
         payload = call.payload() if call.op == "write" else b""
-        for lo, n in sc._chunks(call.addr, call.length):
+        for lo, n in sc.page_parts(call.addr, call.length):
             if call.op == "read":
                 kernel = self._outcome(lambda: p.read(lo, n))
                 oracle = self._outcome(lambda: self.oracle.read(o, lo, n))

@@ -164,7 +164,7 @@ def parse(text: str) -> Scenario:
     live, used, calls = {"p0"}, {"p0"}, []
     for number, line in enumerate(text.splitlines(), 1):
         try:
-            call = _parse_line(number, line, live, used)
+            call = parse_line(number, line, live, used)
         except ValueError as e:
             raise ValueError(f"line {number}: {e}: {line.strip()!r}") from None
         if call is not None:
@@ -174,7 +174,7 @@ def parse(text: str) -> Scenario:
     return Scenario(tuple(calls))
 
 
-def _parse_line(number: int, line: str, live: set[str], used: set[str]) -> Call | None:
+def parse_line(number: int, line: str, live: set[str], used: set[str]) -> Call | None:
     tokens = []
     for token in _TOKEN.findall(line):
         if token.startswith("#"):
@@ -209,24 +209,24 @@ def _parse_line(number: int, line: str, live: set[str], used: set[str]) -> Call 
         live.add(child)
         used.add(child)
         return Call(number, process, op, child=child)
-    addr = _number(args[0], "address")
+    addr = parse_number(args[0], "address")
     if op == "read":
-        length = _number(args[1], "length")
+        length = parse_number(args[1], "length")
         if not 0 < length <= MAX_TRANSFER:
             raise ValueError(f"read length must be 1 to {MAX_TRANSFER} bytes, not {length}")
-        _in_region(addr, length)
+        check_in_region(addr, length)
         return Call(number, process, op, addr, length)
     if op == "write":
         data, fill, length = _payload(args[1])
-        _in_region(addr, length)
+        check_in_region(addr, length)
         return Call(number, process, op, addr, length, data=data, fill=fill)
-    length = _number(args[1], "length")
+    length = parse_number(args[1], "length")
     if addr % PAGE:
         raise ValueError(f"address {addr:#x} is not aligned to the {PAGE}-byte page")
     if length <= 0:
         raise ValueError(f"length must be positive, not {length}")
     length = -(-length // PAGE) * PAGE
-    _in_region(addr, length)
+    check_in_region(addr, length)
     if op == "munmap":
         return Call(number, process, op, addr, length)
     prot = _prot(args[2])
@@ -237,7 +237,7 @@ def _parse_line(number: int, line: str, live: set[str], used: set[str]) -> Call 
     return Call(number, process, op, addr, length, prot, shared=args[3] == "shared")
 
 
-def _number(token: str, what: str) -> int:
+def parse_number(token: str, what: str) -> int:
     scale = UNITS.get(token[-1:].upper(), 1)
     digits = token[:-1] if scale > 1 else token
     try:
@@ -265,7 +265,7 @@ def _payload(token: str) -> tuple[bytes | None, int | None, int]:
     byte, star, count = token.partition("*")
     if not star:
         raise ValueError(f'write data must be a "TEXT" or BYTE*LENGTH such as 0xab*4K, not {token!r}')
-    fill, length = _number(byte, "fill byte"), _number(count, "length")
+    fill, length = parse_number(byte, "fill byte"), parse_number(count, "length")
     if not 0 <= fill <= 255:
         raise ValueError(f"fill byte must be 0 to 255, not {fill}")
     if length <= 0:
@@ -273,7 +273,7 @@ def _payload(token: str) -> tuple[bytes | None, int | None, int]:
     return None, fill, length
 
 
-def _in_region(addr: int, length: int) -> None:
+def check_in_region(addr: int, length: int) -> None:
     if not (REGION_START <= addr and addr + length <= REGION_END):
         raise ValueError(f"[{addr:#x}, {addr + length:#x}) is outside the scenario region [{REGION_START:#x}, {REGION_END:#x})")
 
@@ -376,7 +376,7 @@ def _mm_call_sim(p, call: Call) -> Outcome:
 def _access_sim(p, call: Call) -> Outcome:
     """Page by page, stopping at the first SIGSEGV, as the host's player does."""
     before, read, payload = p.minflt, [], call.payload() if call.op == "write" else b""
-    for lo, n in _chunks(call.addr, call.length):
+    for lo, n in page_parts(call.addr, call.length):
         try:
             if call.op == "read":
                 read.append(p.read(lo, n))
@@ -387,7 +387,7 @@ def _access_sim(p, call: Call) -> Outcome:
     return Outcome("ok", b"".join(read), None, p.minflt - before)
 
 
-def _chunks(addr: int, length: int) -> list[tuple[int, int]]:
+def page_parts(addr: int, length: int) -> list[tuple[int, int]]:
     """(address, bytes) of each page's part of [addr, addr + length), in address order."""
     out, end = [], addr + length
     while addr < end:
