@@ -39,6 +39,12 @@ def nbgrader(course, *args):
     return done
 
 
+def autograded(course, notebook, assignment, students, exercises):
+    """{(student, exercise): the points the autograder gave}, from the course's gradebook."""
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        return {(s, e): gb.find_grade(f"{e}-test", notebook, assignment, s).score for s in students for e in exercises}
+
+
 def answer_cell(nb, exercise):
     [cell] = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == f"{exercise}-answer"]
     return cell
@@ -69,8 +75,7 @@ def graded(tmp_path_factory):
     start = time.perf_counter()
     nbgrader(course, "autograde", ASSIGNMENT)
     print(f"\nnbgrader autograde: {(time.perf_counter() - start) / (len(STUDENTS) + len(SAMPLES)):.1f} s per submission of {CHAPTER}")
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        scores = {(s, e): gb.find_grade(f"{e}-test", NOTEBOOK, ASSIGNMENT, s).score for s in STUDENTS + SAMPLES for e in EXERCISES}
+    scores = autograded(course, NOTEBOOK, ASSIGNMENT, STUDENTS + SAMPLES, EXERCISES)
     return course, scores
 
 
@@ -139,8 +144,8 @@ def test_the_lab_is_graded_step_by_step(tmp_path):
     nbgrader(tmp_path, "generate_assignment", "ch10")
     nbgrader(tmp_path, "autograde", "ch10")
     graded = ("step1", "step2", "step3", "ex101", "ex102")
-    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}") as gb:
-        scores = {s: [gb.find_grade(f"{e}-test", lab, "ch10", s).score for e in graded] for s in SAMPLES}
+    points = autograded(tmp_path, lab, "ch10", SAMPLES, graded)
+    scores = {s: [points[s, e] for e in graded] for s in SAMPLES}
     from ptsim.broken import FIND_THE_BUG
     readers_answer_fits = bool(FIND_THE_BUG.check("unshare", 4, student="sample-right"))
     assert scores["sample-right"] == [1, 1, 1, int(readers_answer_fits), 1]

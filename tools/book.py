@@ -30,10 +30,23 @@ BUDGET_SECONDS = 30
 CELL_TIMEOUT_SECONDS = 600
 
 
+def manifest() -> dict:
+    """book.toml, read."""
+    with open(ROOT / "book.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def title():
+    """The book's title, from book.toml."""
+    found = manifest().get("title")
+    if not isinstance(found, str) or not found:
+        raise ValueError("book.toml: `title` must be the book's title")
+    return found
+
+
 def chapters():
     """The chapter file names listed in book.toml, in reading order."""
-    with open(ROOT / "book.toml", "rb") as f:
-        listed = tomllib.load(f).get("book", {}).get("chapters")
+    listed = manifest().get("book", {}).get("chapters")
     if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
         raise ValueError(f"book.toml: [book] chapters must be a list of file names, not {listed!r}")
     return listed

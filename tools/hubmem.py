@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import nbformat
 
+from ptsim.host.procfs import read_kb_fields
 from tools.book import chapters, resolve, run
 
 DEFAULT_INTERVAL = 0.02
@@ -66,13 +67,9 @@ def descendants(pid):
 def kb_field(path, name):
     """The kB figure of the line `name:` in a /proc file, or None if the process has gone."""
     try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
+        return read_kb_fields(path).get(name)
     except OSError:
         return None
-    return None
 
 
 @dataclass

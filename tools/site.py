@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -36,7 +35,7 @@ import jinja2
 import nbformat
 from nbconvert import HTMLExporter
 
-from tools.book import NOTEBOOKS, ROOT, chapters
+from tools.book import NOTEBOOKS, ROOT, chapters, title
 
 SITE = ROOT / "build" / "site"
 NPM_CACHE = ROOT / "build" / "npm"
@@ -132,14 +131,6 @@ the book) or on Binder.</p>
 """
 
 
-def book_title():
-    with open(ROOT / "book.toml", "rb") as f:
-        title = tomllib.load(f).get("title")
-    if not isinstance(title, str) or not title:
-        raise ValueError("book.toml: `title` must be the book's title")
-    return title
-
-
 def first_heading(text):
     """The text of the first Markdown heading (# ...) in `text`, or None."""
     match = re.search(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE)
@@ -198,7 +189,7 @@ def pages():
 def index_markdown(others):
     """The index: the title, what the book is, and the list of chapters and appendices."""
     listed = [page for page in others if page.source.suffix == ".ipynb"]
-    lines = [f"# {book_title()}", "", opening(README.read_text()), "", "## Chapters", ""]
+    lines = [f"# {title()}", "", opening(README.read_text()), "", "## Chapters", ""]
     # Links to the sources, as README.md would write them: rewrite_links points them at the pages.
     # A bullet list: each chapter's title holds its number already ("4. Phillips' idea").
     lines += [f"- [{page.title}]({page.source.relative_to(ROOT)})" for page in listed]
@@ -337,18 +328,18 @@ def build(out=SITE):
     targets = {page.source.resolve(): page.name for page in book}
     toc = [{"href": page.name, "title": page.title} for page in book]
     html_exporter = exporter()
+    book_title = title()
     for position, page in enumerate(book):
         site = {
-            "book_title": book_title(),
+            "book_title": book_title,
             "toc": [entry | {"current": index == position} for index, entry in enumerate(toc)],
             "prev": toc[position - 1] if position > 0 else None,
             "next": toc[position + 1] if position + 1 < len(toc) else None,
             "needs_kernel": needs_kernel(page.notebook),
             "widgets": WIDGETS_DIR,
         }
-        title = page.title if position else book_title()
         markup, _ = html_exporter.from_notebook_node(
-            page.notebook, resources={"ptsim_site": site, "metadata": {"name": title}}
+            page.notebook, resources={"ptsim_site": site, "metadata": {"name": page.title if position else book_title}}
         )
         markup = rewrite_links(markup, page.source.parent, targets, page.source.name)
         head, body = markup.split("</head>", 1)

@@ -19,16 +19,21 @@ PM_PFN_MASK = (1 << 55) - 1
 PM_PRESENT = 1 << 63
 
 
-def read_status(pid: int | str = "self") -> dict[str, int]:
-    """The kB lines of /proc/PID/status (VmRSS, VmPTE, VmSwap, ...), as ints in kB."""
+def read_kb_fields(path: str) -> dict[str, int]:
+    """The kB lines of a /proc file (status, smaps_rollup, meminfo), as ints in kB."""
     fields = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(path) as f:
         for line in f:
             key, _, value = line.partition(":")
             words = value.split()
             if len(words) == 2 and words[1] == "kB":
                 fields[key] = int(words[0])
     return fields
+
+
+def read_status(pid: int | str = "self") -> dict[str, int]:
+    """The kB lines of /proc/PID/status (VmRSS, VmPTE, VmSwap, ...), as ints in kB."""
+    return read_kb_fields(f"/proc/{pid}/status")
 
 
 def read_region_rss(start: int, end: int, pid: int | str = "self") -> int:
